@@ -1,0 +1,78 @@
+"""`headbits <verb>`: one entry point whose verbs live with the stage they belong to.
+
+Each verb is a module with `configure(parser)` (adds its options; the parser's description is the
+module docstring's first paragraph) and `run(args) -> int` (the exit code). Modules are imported
+only when their verb runs, so `headbits collector` never loads TensorFlow.
+
+Exit codes: 0 success, 1 the work failed (the message says why), 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from headbits import __version__
+from headbits.common.settings import SettingsError
+
+VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("headbits.trainer.demo", "generate traffic, train, score and report, no cluster"),
+    "generate": ("headbits.trainer.traffic.command", "labelled heads from real protocols"),
+    "train": ("headbits.trainer.train", "train and export a model version"),
+    "eval": ("headbits.trainer.evaluate", "evaluate a model against labelled captures"),
+    "score": ("headbits.scorer.offline", "score captures offline, most anomalous first"),
+    "replay": ("headbits.collector.replay", "publish captures as Zeek would"),
+    "collector": ("headbits.collector.service", "run the collector service"),
+    "featurizer": ("headbits.featurizer.service", "run the featurizer service"),
+    "scorer": ("headbits.scorer.service", "run the scorer service"),
+    "trainer": ("headbits.trainer.service", "run the trainer service"),
+    "model": ("headbits.trainer.repository", "list, promote and roll back model versions"),
+    "alerts": ("headbits.scorer.alerts", "read alerts from Kafka"),
+    "serving-standin": ("headbits.scorer.standin", "development stand-in for TF Serving"),
+    "kafka-dev": ("headbits.common.devkafka", "a local single-node Kafka for development"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headbits",
+        description="Detect anomalous network protocols from the first payload bytes.",
+    )
+    parser.add_argument("--version", action="version", version=f"headbits {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, summary) in VERBS.items():
+        verbs.add_parser(verb, help=summary, add_help=False)
+    return parser
+
+
+def _verb_parser(verb: str):
+    module = importlib.import_module(VERBS[verb][0])
+    doc = (module.__doc__ or VERBS[verb][1]).strip()
+    parser = argparse.ArgumentParser(
+        prog=f"headbits {verb}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.configure(parser)
+    return module, parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in VERBS:
+        build_parser().parse_args(argv or ["--help"])
+        return 2
+    module, parser = _verb_parser(argv[0])
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except SettingsError as error:
+        print(f"headbits {argv[0]}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The scoring seam: what the scorer needs from a model, whoever runs it.
+
+Two implementations sit beside this file, each one file: `inprocess.py` loads the SavedModel into
+this process; `tfserving.py` calls TensorFlow Serving's `PredictionService.Predict` over gRPC. The
+scorer loop never knows which one it has, and the contract tests in `tests/` run both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from headbits.featurizer.bits import HeadBatch
+
+MODEL_NAME = "headbits"
+
+# The SavedModel's serving signature (see docs/model-contract.md).
+SIGNATURE_NAME = "serving_default"
+INPUT_HEAD_BYTES = "head_bytes"  # uint8 [batch, 2N]: orig bytes then resp bytes
+INPUT_HEAD_LENGTHS = "head_lengths"  # int32 [batch, 2]: bytes seen per direction (0..N)
+OUTPUT_RECONSTRUCTION_ERROR = "reconstruction_error"  # float32 [batch]
+OUTPUT_DIRECTION_ERROR = "direction_error"  # float32 [batch, 2]
+OUTPUT_PROTOCOL_PROBS = "protocol_probs"  # float32 [batch, C]
+OUTPUT_THRESHOLD = "threshold"  # float32 [batch]: threshold for the row's predicted class
+OUTPUT_CLASSES = "classes"  # string [C]: class names in protocol_probs order
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a backend learned from the model itself, so the scorer never guesses."""
+
+    name: str
+    version: int
+    n: int
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """One batch's model outputs, row-aligned with the HeadBatch that was scored."""
+
+    reconstruction_error: np.ndarray
+    direction_error: np.ndarray
+    protocol_probs: np.ndarray
+    threshold: np.ndarray
+    model: ModelInfo
+
+    def predicted_protocols(self) -> list[str]:
+        return [self.model.classes[i] for i in np.argmax(self.protocol_probs, axis=1)]
+
+    def is_anomalous(self) -> np.ndarray:
+        return self.reconstruction_error > self.threshold
+
+
+class ScoringBackend(ABC):
+    """Scores batches of packed heads with one model version.
+
+    `info()` returns the model's name, version, N and classes; it may contact the server and
+    raises `BackendUnavailable` if the model cannot be reached. `score(batch)` accepts heads of
+    any N >= the model's N (they are truncated to the model's N) and returns Scores row-aligned
+    with the batch, or raises `BackendUnavailable` (retry later, nothing was scored) or
+    `ValueError` (this input can never be scored). `close()` releases connections; the caller
+    that created the backend closes it.
+    """
+
+    @abstractmethod
+    def info(self) -> ModelInfo: ...
+
+    @abstractmethod
+    def score(self, batch: HeadBatch) -> Scores: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release what the backend holds."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The model cannot answer now (server down, model not loaded); retrying may succeed."""

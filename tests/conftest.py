@@ -1,0 +1,23 @@
+"""Fixtures shared by the whole suite.
+
+The capture corpus lives outside the project (`../shared/data/pcaps` from the project root). On a
+user's machine it may be absent: tests that need it skip with the reason; `.ci/run` fails early
+when it is missing, so in CI they always run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_PCAPS = PROJECT_ROOT.parent / "shared" / "data" / "pcaps"
+
+
+@pytest.fixture(scope="session")
+def shared_pcaps() -> Path:
+    """The shared capture corpus (its README describes LABELS.tsv and MANIFEST.tsv)."""
+    if not (SHARED_PCAPS / "LABELS.tsv").is_file():
+        pytest.skip(f"shared capture corpus not found at {SHARED_PCAPS} (see README: Data)")
+    return SHARED_PCAPS
