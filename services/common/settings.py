@@ -29,7 +29,7 @@ class SettingsError(ValueError):
     """A setting that cannot be read; the message names the setting and where it came from."""
 
 
-def setting(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+def setting(default: Any, help: str) -> Any:
     """A settings field with its help text."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults: settings are immutable")

@@ -1,0 +1,46 @@
+"""Run the featurizer service: PayloadHeads from Kafka -> packed feature records to Kafka.
+
+Consumes headbits.heads.v1 in batches, packs each connection's heads at N=64 with the expected
+protocol (Zeek's service, else the port), and produces headbits.features.v1 keyed by uid. Invalid
+or undecodable heads go to headbits.deadletter.v1 with their offset and reason. Offsets are stored
+only after the outputs are acknowledged (at-least-once). Metrics and /healthz on --metrics-port.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from headbits.common.service import Output, ServiceSettings, Stage, Transformed, run_stage
+from headbits.common.settings import add_settings_arguments, settings_from_args
+from headbits.featurizer.transform import featurize
+
+
+@dataclass(frozen=True)
+class FeaturizerSettings(ServiceSettings):
+    """The featurizer has only the shared service and Kafka settings."""
+
+
+class FeaturizerStage(Stage):
+    name = "featurizer"
+    input_schema = "payload_head"
+
+    def __init__(self, features_topic: str) -> None:
+        self._topic = features_topic
+
+    def output_schemas(self) -> dict[str, str]:
+        return {self._topic: "features"}
+
+    def transform(self, records: list[dict]) -> Transformed:
+        features, rejected = featurize(records)
+        keys = [record["uid"] for record in features]
+        return Transformed([Output(self._topic, features, keys)], rejected)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser, FeaturizerSettings)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(FeaturizerSettings, args)
+    return run_stage(FeaturizerStage(settings.features_topic), settings, settings.heads_topic)

@@ -1,0 +1,156 @@
+"""Pictures and tables of an evaluation: PNG plots and one Markdown report.
+
+Plots follow the capstone's figures (reconstruction-error histograms of the baseline against each
+other protocol) and add ROC curves with the 1-bit-fraction detector drawn beside the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from headbits.trainer import metrics
+
+MAX_PANELS = 12
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_error_histograms(
+    labels: np.ndarray, errors: np.ndarray, baseline: str, path: Path, n: int,
+) -> None:
+    """One panel per protocol: its held-out errors against the baseline's, log-spaced bins."""
+    plt = _pyplot()
+    others = [p for p, _ in _most_common(labels[labels != baseline])][:MAX_PANELS]
+    columns = 4
+    rows = max(1, -(-len(others) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
+    positive = errors[np.isfinite(errors) & (errors > 0)]
+    low, high = (positive.min(), positive.max()) if len(positive) else (1e-4, 1.0)
+    bins = np.geomspace(low, high * 1.01, 40)
+    base = errors[labels == baseline]
+    for axis, protocol in zip(axes.flat, others, strict=False):
+        axis.hist(base, bins=bins, alpha=0.6, density=True, label=f"{baseline} ({len(base)})")
+        other = errors[labels == protocol]
+        axis.hist(other, bins=bins, alpha=0.6, density=True, label=f"{protocol} ({len(other)})")
+        axis.set_xscale("log")
+        axis.set_title(f"{baseline} vs {protocol}")
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(others):]:
+        axis.axis("off")
+    figure.suptitle(f"Held-out reconstruction error, N = {n} bytes per direction")
+    figure.supxlabel("reconstruction error (masked bit-wise cross-entropy)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def plot_roc_curves(
+    labels: np.ndarray, errors: np.ndarray, ones: np.ndarray, baseline: str, pairs: list[dict],
+    path: Path, n: int,
+) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 6))
+    negatives = labels == baseline
+    for pair in pairs[:10]:
+        positives = labels == pair["protocol"]
+        fpr, tpr = metrics.roc_curve(errors[negatives], errors[positives])
+        line = axis.plot(fpr, tpr, label=f"{pair['protocol']} (AUROC {pair['auroc']:.3f})")[0]
+        ones_fpr, ones_tpr = metrics.roc_curve(ones[negatives], ones[positives])
+        if pair["ones_fraction_auroc"] != metrics.auroc(ones[negatives], ones[positives]):
+            ones_fpr, ones_tpr = metrics.roc_curve(-ones[negatives], -ones[positives])
+        axis.plot(ones_fpr, ones_tpr, linestyle=":", color=line.get_color(), alpha=0.6)
+    axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    axis.set_xlabel(f"false-positive rate ({baseline} flagged)")
+    axis.set_ylabel("true-positive rate (other protocol flagged)")
+    axis.set_title(f"{baseline} vs others, N = {n}; dotted: 1-bit-fraction detector")
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def plot_confusion(classifier: dict, path: Path, n: int) -> None:
+    plt = _pyplot()
+    matrix = np.array(classifier["confusion"], dtype=np.float64)
+    names = classifier["classes"]
+    row_sums = np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(5, 0.35 * len(names) + 2)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(matrix / row_sums, cmap="Blues", vmin=0, vmax=1)
+    axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    axis.set_yticks(range(len(names)), names, fontsize=7)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true (held-out captures)")
+    axis.set_title(f"Classifier, N = {n}: macro-F1 {classifier['macro_f1']:.3f}")
+    figure.colorbar(image, ax=axis, fraction=0.046, label="fraction of the true class")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _most_common(values: np.ndarray) -> list[tuple[str, int]]:
+    names, counts = np.unique(values.astype(str), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return [(str(names[i]), int(counts[i])) for i in order]
+
+
+def pairs_markdown(pairs: list[dict], baseline: str) -> list[str]:
+    lines = [
+        f"| {baseline} vs | flows | files | AUROC | 95% interval (files) | 1-bit fraction AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair in pairs:
+        lines.append(
+            f"| {pair['protocol']} | {pair['rows']} | {pair['files']} | {pair['auroc']:.3f} | "
+            f"{pair['auroc_low']:.3f}-{pair['auroc_high']:.3f} | "
+            f"{pair['ones_fraction_auroc']:.3f} |"
+        )
+    return lines
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    baseline = results["baseline"]
+    lines = [
+        "# headbits evaluation",
+        "",
+        f"{results['evaluated_rows']} flows from {results['evaluated_files']} capture files, "
+        f"{results['folds']}-fold cross-validation over files; each fold's model also saw "
+        f"{results['generated_training_rows']} generated flows. The autoencoder learns "
+        f"`{baseline}` only; AUROC compares held-out `{baseline}` flows with each other "
+        "protocol's, and the interval resamples capture files, not flows.",
+        "",
+    ]
+    for n, result in results["by_n"].items():
+        classifier = result["classifier"]
+        lines += [f"## N = {n} bytes per direction", ""]
+        lines += pairs_markdown(result["pairs"], baseline)
+        lines += [
+            "",
+            f"Classifier macro-F1 over {len(classifier['classes']) - 1} protocol classes "
+            f"({classifier['rows']} held-out flows): **{classifier['macro_f1']:.3f}**",
+            "",
+            f"![errors](errors_n{n}.png)",
+            f"![roc](roc_n{n}.png)",
+            f"![confusion](confusion_n{n}.png)",
+            "",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def summary_table(results: dict) -> str:
+    """The headline AUROCs and macro-F1 per N, for the terminal."""
+    lines = []
+    for n, result in results["by_n"].items():
+        lines.append(f"N = {n}: classifier macro-F1 {result['classifier']['macro_f1']:.3f}")
+        lines += pairs_markdown(result["pairs"], results["baseline"])
+        lines.append("")
+    return "\n".join(lines)

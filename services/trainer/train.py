@@ -1,0 +1,189 @@
+"""Train a model version offline and export it in TensorFlow Serving's layout.
+
+Training data comes from any mix of: traffic generated on the spot by real protocol
+implementations (--generate), heads files written by `headbits generate` (--heads), captures
+(--captures, labelled by a Zeek conn.log beside each capture or the port map), the shared capture
+corpus with its LABELS.tsv (--corpus) and the capstone's hex folders (--hex-folder).
+
+The new version is written to <models>/headbits/<version>/ and is not served until
+`headbits model promote` moves a label to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headbits.common.avro import read_heads_file
+from headbits.common.protocols import UNKNOWN
+from headbits.common.settings import add_settings_arguments, setting, settings_from_args
+from headbits.trainer import dataset
+from headbits.trainer.dataset import LabelledHeads
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    models_dir: Path = setting(Path("models"), "model repository base directory")
+    n: int = setting(16, "payload bytes per direction the model reads (8, 16, 32 or 64)")
+    baseline: tuple[str, ...] = setting(
+        (), "protocols the autoencoder learns as normal (empty: all labelled traffic)"
+    )
+    min_class_rows: int = setting(20, "training rows a protocol needs to become a class")
+    validation_folds: int = setting(5, "1/K of the capture groups is held back for validation")
+    max_epochs: int = setting(60, "upper bound on epochs; early stopping usually ends sooner")
+    target_fpr: float = setting(0.01, "false-positive rate the threshold is calibrated to")
+    seed: int = setting(0, "seed for the split, the initialisation and generated traffic")
+
+
+@dataclass(frozen=True)
+class TrainedVersion:
+    version_dir: Path
+    classes: tuple[str, ...]
+    train_rows: int
+    validation_rows: int
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("training data (any mix)")
+    data.add_argument("--generate", type=int, default=0, metavar="SESSIONS",
+                      help="generate SESSIONS sessions per protocol with real implementations")
+    data.add_argument("--heads", type=Path, nargs="*", default=[], metavar="AVRO",
+                      help="heads files written by `headbits generate`")
+    data.add_argument("--captures", type=Path, nargs="*", default=[], metavar="PCAP",
+                      help="pcap/pcapng files or folders of them")
+    data.add_argument("--corpus", type=Path, metavar="DIR",
+                      help="a capture corpus with MANIFEST.tsv and LABELS.tsv")
+    data.add_argument("--hex-folder", type=Path, metavar="DIR",
+                      help="the capstone's training folder (one hex line per connection)")
+
+
+def expand_captures(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+        else:
+            found.append(path)
+    return found
+
+
+def load_training_data(args: argparse.Namespace, seed: int, progress: bool = True) -> LabelledHeads:
+    data = LabelledHeads()
+    if args.generate:
+        from headbits.trainer.traffic import generate
+
+        heads = generate(sessions_per_protocol=args.generate, seed=seed, progress=progress)
+        data.extend(dataset.from_heads(heads, "generated"))
+    for path in args.heads:
+        data.extend(dataset.from_heads(read_heads_file(path), f"heads:{path.name}"))
+    if args.captures:
+        data.extend(dataset.from_captures(expand_captures(args.captures), progress=progress))
+    if args.corpus:
+        data.extend(dataset.from_corpus(args.corpus, progress=progress))
+    if args.hex_folder:
+        data.extend(dataset.from_hex_folder(args.hex_folder))
+    return data
+
+
+def fit(
+    data: LabelledHeads, settings: TrainSettings, progress: bool = True,
+) -> tuple[object, LabelledHeads, LabelledHeads]:
+    """Split by group, choose classes, train. Returns (TrainedModel, train rows, validation rows).
+
+    Rows nobody could label are left out: they are neither normal traffic we can vouch for nor
+    a protocol the classifier could learn.
+    """
+    from headbits.trainer.model import TrainingConfig, train
+
+    labelled = data.where(np.array([label != UNKNOWN for label in data.labels], dtype=bool))
+    if len(labelled) == 0:
+        raise ValueError("no labelled training rows: give --generate, --heads, --captures ...")
+    fold = dataset.group_fold(labelled.groups, settings.validation_folds, settings.seed)
+    train_rows, validation_rows = labelled.where(fold != 0), labelled.where(fold == 0)
+    if len(validation_rows) == 0 or len(train_rows) == 0:
+        raise ValueError(
+            f"{len(set(labelled.groups))} capture group(s) cannot be split for validation: "
+            "give more captures or generated sessions"
+        )
+    classes = dataset.choose_classes(train_rows.labels, settings.min_class_rows)
+    config = TrainingConfig(n=settings.n, max_epochs=settings.max_epochs,
+                            target_fpr=settings.target_fpr, seed=settings.seed)
+    trained = train(
+        train_rows.batch(settings.n), dataset.class_indices(train_rows.labels, classes), classes,
+        validation_rows.batch(settings.n),
+        dataset.class_indices(validation_rows.labels, classes), config,
+        autoencoder_rows=normal_rows(train_rows, settings.baseline),
+        validation_autoencoder_rows=normal_rows(validation_rows, settings.baseline),
+        progress=progress,
+    )
+    return trained, train_rows, validation_rows
+
+
+def normal_rows(data: LabelledHeads, baseline: tuple[str, ...]) -> np.ndarray:
+    if not baseline:
+        return np.ones(len(data), dtype=bool)
+    return np.isin(data.label_array(), list(baseline))
+
+
+def describe(data: LabelledHeads) -> dict:
+    return {
+        "rows": len(data),
+        "groups": len(set(data.groups)),
+        "labels": dict(data.counts().most_common()),
+        "label_sources": dict(sorted(dataset.Counter(data.label_sources).items())),
+    }
+
+
+def train_and_export(
+    data: LabelledHeads, settings: TrainSettings, sources: list[str], progress: bool = True,
+) -> TrainedVersion:
+    from headbits.trainer.export import export_model
+
+    started = time.time()
+    trained, train_rows, validation_rows = fit(data, settings, progress)
+    metadata = {
+        "training": {
+            "sources": sources,
+            "settings": {k: str(v) for k, v in dataclasses.asdict(settings).items()},
+            "train": describe(train_rows),
+            "validation": describe(validation_rows),
+            "window": _time_window(train_rows),
+            "seconds": round(time.time() - started, 1),
+        },
+    }
+    version_dir = export_model(trained, settings.models_dir, metadata=metadata)
+    return TrainedVersion(version_dir, tuple(trained.classes), len(train_rows),
+                          len(validation_rows))
+
+
+def _time_window(data: LabelledHeads) -> dict:
+    times = [h.ts for h in data.heads if h.ts > 0]
+    return {"first_ts": min(times, default=0.0), "last_ts": max(times, default=0.0)}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    add_settings_arguments(parser, TrainSettings)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(TrainSettings, args)
+    data = load_training_data(args, settings.seed)
+    for error in data.errors:
+        print(f"warning: {error}", file=sys.stderr)
+    sources = [name for name in ("generate", "heads", "captures", "corpus", "hex_folder")
+               if getattr(args, name)]
+    try:
+        version = train_and_export(data, settings, sources)
+    except ValueError as error:
+        print(f"headbits train: {error}", file=sys.stderr)
+        return 1
+    print(f"exported {version.version_dir} (classes: {', '.join(version.classes)}; "
+          f"{version.train_rows} training rows, {version.validation_rows} validation rows)")
+    return 0
