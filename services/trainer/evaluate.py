@@ -187,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         from headbits.trainer.train import expand_captures
 
         evaluated.extend(dataset.from_captures(expand_captures(captures)))
+    # A port guess is what an anomaly fakes: it may train a model, never grade one.
+    evaluated = evaluated.where(np.array([s != "port" for s in evaluated.label_sources]))
     if len(set(evaluated.groups)) < settings.folds:
         print("headbits eval: give --corpus or --captures with at least as many capture files "
               f"as --folds ({settings.folds})", file=sys.stderr)

@@ -37,7 +37,7 @@ class TrainSettings:
     min_class_rows: int = setting(20, "training rows a protocol needs to become a class")
     validation_folds: int = setting(5, "1/K of the capture groups is held back for validation")
     max_epochs: int = setting(60, "upper bound on epochs; early stopping usually ends sooner")
-    target_fpr: float = setting(0.01, "false-positive rate the threshold is calibrated to")
+    target_fpr: float = setting(0.001, "false-positive rate the threshold is calibrated to")
     seed: int = setting(0, "seed for the split, the initialisation and generated traffic")
 
 

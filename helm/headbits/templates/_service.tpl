@@ -1,0 +1,90 @@
+{{/*
+A Deployment running `headbits <verb>`, a consuming service with Prometheus metrics and /healthz
+on its settings' metrics_port:
+(dict "root" $ "component" "scorer" "name" "scorer" "verb" "scorer" "values" .Values.scorer
+      "settings" merged-settings "replicas" n)
+*/}}
+{{- define "headbits.serviceDeployment" -}}
+{{- $root := .root }}
+{{- $values := .values }}
+{{- $port := int (default 9100 .settings.metrics_port) }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "headbits.componentName" (list $root .name) }}
+  labels:
+    {{- include "headbits.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  {{- if not (and $values.autoscaling $values.autoscaling.enabled) }}
+  replicas: {{ .replicas }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "headbits.selectorLabels" (list $root .component) | nindent 6 }}
+      headbits.io/deployment: {{ .name }}
+  strategy:
+    # Start the new pod before stopping the old one: a duplicate is harmless (scoring is
+    # idempotent by uid), a gap loses what Zeek sent meanwhile.
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  template:
+    metadata:
+      labels:
+        {{- include "headbits.selectorLabels" (list $root .component) | nindent 8 }}
+        headbits.io/deployment: {{ .name }}
+      annotations:
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $port | quote }}
+        prometheus.io/path: /metrics
+        {{- with $values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "headbits.serviceAccountName" $root }}
+      automountServiceAccountToken: {{ $root.Values.serviceAccount.automountServiceAccountToken }}
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      # SIGTERM finishes the batch, flushes the producer and commits stored offsets.
+      terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "headbits.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args: [{{ .verb | quote }}]
+          env:
+            {{- include "headbits.settingsEnv" (dict "root" $root "settings" .settings "kafka" true) | trim | nindent 12 }}
+          ports:
+            - name: metrics
+              containerPort: {{ $port }}
+              protocol: TCP
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: metrics
+            initialDelaySeconds: 10
+            periodSeconds: 15
+            timeoutSeconds: 5
+            failureThreshold: 4
+          readinessProbe:
+            httpGet:
+              path: /healthz
+              port: metrics
+            periodSeconds: 10
+            timeoutSeconds: 5
+          resources:
+            {{- toYaml $values.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            {{- include "headbits.kafkaVolumeMounts" $root | nindent 12 }}
+      volumes:
+        {{- include "headbits.kafkaVolumes" $root | nindent 8 }}
+      {{- include "headbits.scheduling" $values | nindent 6 }}
+{{- end }}

@@ -1,0 +1,141 @@
+"""Scoring in this process with the exported SavedModel (tests, `headbits score`, small sites).
+
+The SavedModel does everything from packed bytes inside its graph (bit unpacking, the validity
+mask, errors, the per-class threshold lookup), so this backend only cuts batches into chunks and
+stitches the outputs back together. The trainer scores its in-memory model through the same
+`score_in_chunks`, so an exported version scores exactly as it did before export.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: no C++ noise
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from headbits.featurizer.bits import HeadBatch
+from headbits.scorer.backend import (
+    INPUT_HEAD_BYTES,
+    INPUT_HEAD_LENGTHS,
+    MODEL_NAME,
+    OUTPUT_CLASSES,
+    OUTPUT_DIRECTION_ERROR,
+    OUTPUT_PROTOCOL_PROBS,
+    OUTPUT_RECONSTRUCTION_ERROR,
+    OUTPUT_THRESHOLD,
+    SIGNATURE_NAME,
+    ModelInfo,
+    Scores,
+    ScoringBackend,
+)
+
+METADATA_FILE = Path("assets.extra") / "headbits.json"
+CHUNK_ROWS = 8192
+
+ServeFunction = Callable[..., Mapping[str, tf.Tensor]]
+
+
+def model_versions(base_dir: Path) -> list[int]:
+    """Integer version directories under `<base_dir>/headbits/`, ascending (others are ignored,
+    as TF Serving ignores them: temporary export directories are not versions)."""
+    model_dir = Path(base_dir) / MODEL_NAME
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def latest_version_dir(base_dir: Path) -> Path:
+    """The highest version, the one TF Serving's default policy serves."""
+    versions = model_versions(base_dir)
+    if not versions:
+        raise FileNotFoundError(f"no model versions in {Path(base_dir) / MODEL_NAME}")
+    return Path(base_dir) / MODEL_NAME / str(versions[-1])
+
+
+def heads_for_model(batch: HeadBatch, model_n: int) -> HeadBatch:
+    """The batch at the model's N: wider heads are cut, narrower ones can never be scored."""
+    if batch.n < model_n:
+        raise ValueError(f"heads of N={batch.n} are narrower than the model's N={model_n}")
+    return batch.truncate(model_n) if batch.n > model_n else batch
+
+
+def score_in_chunks(
+    serve: ServeFunction, batch: HeadBatch, model: ModelInfo, chunk_rows: int = CHUNK_ROWS
+) -> Scores:
+    """Run a serving function over `batch` in chunks of `chunk_rows` rows (bounded memory)."""
+    batch = heads_for_model(batch, model.n)
+    head_bytes = np.ascontiguousarray(batch.head_bytes, dtype=np.uint8)
+    head_lengths = np.ascontiguousarray(batch.head_lengths, dtype=np.int32)
+    names = (OUTPUT_RECONSTRUCTION_ERROR, OUTPUT_DIRECTION_ERROR, OUTPUT_PROTOCOL_PROBS,
+             OUTPUT_THRESHOLD)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    # At least one call, so an empty batch still yields correctly shaped empty outputs.
+    for start in range(0, max(len(batch), 1), chunk_rows):
+        outputs = serve(**{
+            INPUT_HEAD_BYTES: tf.constant(head_bytes[start : start + chunk_rows]),
+            INPUT_HEAD_LENGTHS: tf.constant(head_lengths[start : start + chunk_rows]),
+        })
+        for name in names:
+            parts[name].append(outputs[name].numpy())
+    merged = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return Scores(
+        reconstruction_error=merged[OUTPUT_RECONSTRUCTION_ERROR],
+        direction_error=merged[OUTPUT_DIRECTION_ERROR],
+        protocol_probs=merged[OUTPUT_PROTOCOL_PROBS],
+        threshold=merged[OUTPUT_THRESHOLD],
+        model=model,
+    )
+
+
+def read_metadata(version_dir: Path) -> dict:
+    """The version's `assets.extra/headbits.json`."""
+    path = Path(version_dir) / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {version_dir} is not a headbits model version")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class SavedModelBackend(ScoringBackend):
+    """One exported version loaded with `tf.saved_model.load`, called through `serving_default`."""
+
+    def __init__(self, version_dir: Path, chunk_rows: int = CHUNK_ROWS) -> None:
+        metadata = read_metadata(version_dir)
+        self._info = ModelInfo(
+            name=str(metadata["model"]),
+            version=int(metadata["version"]),
+            n=int(metadata["n"]),
+            classes=tuple(metadata["classes"]),
+        )
+        self._loaded = tf.saved_model.load(str(version_dir))
+        self._serve = self._loaded.signatures[SIGNATURE_NAME]
+        self._chunk_rows = chunk_rows
+        self._check_against_metadata(version_dir)
+
+    def _check_against_metadata(self, version_dir: Path) -> None:
+        width = self._serve.structured_input_signature[1][INPUT_HEAD_BYTES].shape[1]
+        classes = self._serve(**{
+            INPUT_HEAD_BYTES: tf.zeros([0, width], tf.uint8),
+            INPUT_HEAD_LENGTHS: tf.zeros([0, 2], tf.int32),
+        })[OUTPUT_CLASSES].numpy()
+        graph_classes = tuple(c.decode("utf-8") for c in classes)
+        if width != 2 * self._info.n or graph_classes != self._info.classes:
+            raise ValueError(
+                f"{version_dir}: the SavedModel (N={width // 2}, classes {graph_classes}) does "
+                f"not match {METADATA_FILE} (N={self._info.n}, classes {self._info.classes})"
+            )
+
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def score(self, batch: HeadBatch) -> Scores:
+        return score_in_chunks(self._serve, batch, self._info, self._chunk_rows)
+
+    def close(self) -> None:
+        self._serve = None
+        self._loaded = None

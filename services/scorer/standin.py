@@ -1,0 +1,560 @@
+"""Development stand-in for TensorFlow Serving (tests and development only, never production).
+
+TensorFlow Serving's `tensorflow_model_server` binary cannot be installed on our development
+machines, so this small gRPC server takes its place there. It speaks TF Serving's real wire
+protocol (the `tensorflow-serving-api` protos) and follows its behaviour where the scorer can
+see it: the same `<base_path>/<int version>/` layout, the same `--model_config_file` text proto
+(version policies and version labels), polling for new versions and config changes,
+`PredictionService.Predict` and `GetModelMetadata`, `ModelService.GetModelStatus` and
+`HandleReloadConfigRequest`, with TF Serving's status codes and messages. Production runs the
+real `tensorflow/serving` image (see docs/serving.md and the Helm chart).
+
+Known differences: no request batching, no REST API, no warm-up, and versions load synchronously
+during a config reload (TF Serving loads them in the background and reports LOADING meanwhile,
+which is why `headbits model promote` waits on GetModelStatus rather than on the reload RPC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import text_format
+
+from headbits.common.settings import add_settings_arguments, setting, settings_from_args
+
+log = logging.getLogger("headbits.serving_standin")
+
+
+@dataclass(frozen=True)
+class StandinSettings:
+    model_config_file: Path = setting(
+        Path("models/models.config"), "TF Serving model_config_file (text proto) to serve"
+    )
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(8500, "gRPC port, TF Serving's default (0 picks a free port)")
+    file_system_poll_wait_seconds: float = setting(
+        1.0, "seconds between scans for new versions, as TF Serving's flag (<= 0: never)"
+    )
+    model_config_file_poll_wait_seconds: float = setting(
+        1.0, "seconds between re-reads of the config file (TF Serving's default is 0: never)"
+    )
+    allow_version_labels_for_unavailable_models: bool = setting(
+        False, "as TF Serving's flag: new labels may name versions that are not loaded yet"
+    )
+    max_workers: int = setting(8, "gRPC worker threads")
+    max_message_bytes: int = setting(256 << 20, "largest request or response in bytes")
+
+
+class ServingError(Exception):
+    """A request TF Serving would refuse, with its gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class LoadedVersion:
+    version: int
+    path: Path
+    signatures: dict  # signature name -> concrete function
+    signature_defs: dict  # signature name -> SignatureDef proto (what GetModelMetadata returns)
+
+
+def read_model_server_config(path: Path):
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except (OSError, text_format.ParseError) as error:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {error}") from error
+    return config
+
+
+def version_dirs(base_path: Path) -> dict[int, Path]:
+    """TF Serving's file-system source rule: every integer-named subdirectory is a version
+    (one without a SavedModel then fails to load); other names are ignored."""
+    if not base_path.is_dir():
+        return {}
+    return {int(c.name): c for c in base_path.iterdir() if c.is_dir() and c.name.isdigit()}
+
+
+def aspired_versions(model_config, on_disk: set[int]) -> set[int]:
+    """Which versions the model's version policy wants loaded (default: the latest one)."""
+    policy = model_config.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return set(on_disk)
+    if choice == "specific":
+        return set(policy.specific.versions) & on_disk
+    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
+    return set(sorted(on_disk)[-count:])
+
+
+def load_version(version: int, path: Path) -> LoadedVersion:
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    signature_defs = dict(saved_model.meta_graphs[0].signature_def)
+    loaded = tf.saved_model.load(str(path))
+    return LoadedVersion(version, path, dict(loaded.signatures), signature_defs)
+
+
+class ServingCore:
+    """Models, versions and labels, changed by config reloads and file-system polls.
+
+    Mirrors TF Serving's ServerCore (model_servers/server_core.cc): a reload validates the
+    config, then the label map against the versions available *now*, then loads and unloads.
+    """
+
+    def __init__(self, allow_version_labels_for_unavailable_models: bool = False) -> None:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        self._state = get_model_status_pb2.ModelVersionStatus
+        self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self._lock = threading.RLock()
+        self.config = None
+        self._loaded: dict[str, dict[int, LoadedVersion]] = {}
+        self._states: dict[str, dict[int, tuple[int, str]]] = {}  # state, error message
+        self._labels: dict[str, dict[str, int]] = {}
+
+    def reload_config(self, config) -> None:
+        """Apply a ModelServerConfig, or raise ServingError and keep serving the old one."""
+        if config.WhichOneof("config") != "model_config_list":
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                "ModelConfigList is currently supported",
+            )
+        models = config.model_config_list.config
+        names = [model.name for model in models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Illegal to list model {duplicates[0]} multiple times in config list",
+            )
+        for model in models:
+            if model.model_platform not in ("", "tensorflow"):
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"Model {model.name} requests unsupported platform {model.model_platform}",
+                )
+        with self._lock:
+            labels = self._label_map(models)
+            self.config = config
+            self._labels = labels
+            self._apply_policies()
+
+    def _label_map(self, models) -> dict[str, dict[str, int]]:
+        """TF Serving's ServerCore::UpdateModelVersionLabelMap, in order and wording."""
+        label_map: dict[str, dict[str, int]] = {}
+        for model in models:
+            states = self._states.get(model.name, {})
+            for label, version in model.version_labels.items():
+                existing = self._labels.get(model.name, {}).get(label)
+                allow = self._allow_unavailable_labels and existing in (None, version)
+                available = states.get(version, (None, ""))[0] == self._state.AVAILABLE
+                if not allow and not available:
+                    raise ServingError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"Request to assign label to version {version} of model {model.name}, "
+                        "which is not currently available for inference",
+                    )
+                label_map.setdefault(model.name, {})[label] = version
+        return label_map
+
+    def poll_file_system(self) -> None:
+        with self._lock:
+            if self.config is not None:
+                self._apply_policies()
+
+    def _apply_policies(self) -> None:
+        configured = {model.name: model for model in self.config.model_config_list.config}
+        for name in list(self._loaded):
+            if name not in configured:
+                self._unload(name, set(self._loaded[name]))
+        for name, model in configured.items():
+            on_disk = version_dirs(Path(model.base_path))
+            wanted = aspired_versions(model, set(on_disk))
+            loaded = self._loaded.setdefault(name, {})
+            self._unload(name, set(loaded) - wanted)
+            for version in sorted(wanted - set(loaded)):
+                self._load(name, version, on_disk[version])
+
+    def _load(self, name: str, version: int, path: Path) -> None:
+        states = self._states.setdefault(name, {})
+        states[version] = (self._state.LOADING, "")
+        try:
+            self._loaded[name][version] = load_version(version, path)
+        except Exception as error:  # a broken version must not take the server down
+            log.error("loading %s version %d from %s failed: %s", name, version, path, error)
+            states[version] = (self._state.END, f"{type(error).__name__}: {error}")
+            return
+        states[version] = (self._state.AVAILABLE, "")
+        log.info("loaded %s version %d from %s", name, version, path)
+
+    def _unload(self, name: str, versions: set[int]) -> None:
+        for version in versions:
+            del self._loaded[name][version]
+            self._states[name][version] = (self._state.END, "")
+            log.info("unloaded %s version %d", name, version)
+
+    def resolve(self, model_spec) -> LoadedVersion:
+        """ServerCore::ServableRequestFromModelSpec + GetServableHandle: NOT_FOUND for a model or
+        version that is not loaded, INVALID_ARGUMENT for a label the config does not define."""
+        name = model_spec.name
+        if not name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+        with self._lock:
+            choice = model_spec.WhichOneof("version_choice")
+            if choice == "version_label":
+                version = self._labels.get(name, {}).get(model_spec.version_label)
+                if version is None:
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"Unrecognized servable version label: {model_spec.version_label}",
+                    )
+                request = f"Specific({name}, {version})"
+            elif choice == "version":
+                version = model_spec.version.value
+                request = f"Specific({name}, {version})"
+            else:
+                loaded = self._loaded.get(name, {})
+                version = max(loaded) if loaded else None
+                request = f"Latest({name})"
+            servable = self._loaded.get(name, {}).get(version)
+        if servable is None:
+            raise ServingError(
+                grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}"
+            )
+        return servable
+
+    def version_states(self, model_spec) -> list[tuple[int, int, str]]:
+        """GetModelStatusImpl (model_servers/get_model_status_impl.cc): a named version, or every
+        version the server has seen (labels are not consulted there either)."""
+        with self._lock:
+            states = dict(self._states.get(model_spec.name, {}))
+        if model_spec.WhichOneof("version_choice") == "version":
+            version = model_spec.version.value
+            if version not in states:
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Could not find version {version} of model {model_spec.name}",
+                )
+            return [(version, *states[version])]
+        if not states:
+            raise ServingError(
+                grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {model_spec.name}"
+            )
+        return [(version, *states[version]) for version in sorted(states)]
+
+
+def _as_proto_field(array):
+    """Like TF Serving's default (Tensor::AsProtoField): values in typed fields, not bytes."""
+    import numpy as np
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    proto = tensor_pb2.TensorProto(
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape]
+        )
+    )
+    flat = array.ravel()
+    if array.dtype == object or array.dtype.kind in "SU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    elif array.dtype == np.float32:
+        proto.dtype = types_pb2.DT_FLOAT
+        proto.float_val.extend(flat.tolist())
+    elif array.dtype == np.float64:
+        proto.dtype = types_pb2.DT_DOUBLE
+        proto.double_val.extend(flat.tolist())
+    elif array.dtype == np.int64:
+        proto.dtype = types_pb2.DT_INT64
+        proto.int64_val.extend(flat.tolist())
+    elif array.dtype == np.bool_:
+        proto.dtype = types_pb2.DT_BOOL
+        proto.bool_val.extend(flat.tolist())
+    else:
+        import tensorflow as tf
+
+        proto.dtype = tf.as_dtype(array.dtype).as_datatype_enum
+        proto.int_val.extend(flat.tolist())
+    return proto
+
+
+def _check_inputs(signature_def, function, inputs) -> dict:
+    """predict_util.cc's checks (VerifyRequestInputsSize, the alias lookup), then the dtype and
+    shape checks Session::Run makes: all INVALID_ARGUMENT, as in TF Serving."""
+    import tensorflow as tf
+
+    expected = set(signature_def.inputs)
+    sent = set(inputs)
+    if sent != expected:
+        if len(sent) == len(expected):
+            alias = sorted(sent - expected)[0]
+            message = (
+                f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
+                f"the set {{{','.join(sorted(expected))}}}."
+            )
+        else:
+            message = (
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+                f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+                f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
+            )
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+    specs = function.structured_input_signature[1]
+    tensors = {}
+    for position, alias in enumerate(sorted(inputs)):
+        try:
+            array = tf.make_ndarray(inputs[alias])
+        except (TypeError, ValueError) as error:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}"
+            ) from error
+        spec = specs[alias]
+        if tf.as_dtype(array.dtype) != spec.dtype:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expects arg[{position}] to be {spec.dtype.name} but "
+                f"{tf.as_dtype(array.dtype).name} is provided",
+            )
+        if not spec.shape.is_compatible_with(array.shape):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {alias} has shape {list(array.shape)} but the signature expects "
+                f"{spec.shape.as_list()}",
+            )
+        tensors[alias] = array
+    return tensors
+
+
+def predict(core: ServingCore, request):
+    """PredictionService.Predict as servables/tensorflow/predict_util.cc runs it."""
+    from tensorflow_serving.apis import predict_pb2
+
+    servable = core.resolve(request.model_spec)
+    signature_name = request.model_spec.signature_name or "serving_default"
+    function = servable.signatures.get(signature_name)
+    if function is None:
+        raise ServingError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f'Serving signature key "{signature_name}" not found.',
+        )
+    signature_def = servable.signature_defs[signature_name]
+    outputs = list(request.output_filter) or sorted(signature_def.outputs)
+    for alias in outputs:
+        if alias not in signature_def.outputs:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{','.join(sorted(signature_def.outputs))}}}.",
+            )
+    if len(set(outputs)) != len(outputs):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "duplicate output tensor alias")
+    tensors = _check_inputs(signature_def, function, request.inputs)
+    try:
+        results = function(**tensors)
+    except Exception as error:  # the graph refused the values: TF Serving passes it on
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = request.model_spec.name
+    response.model_spec.version.value = servable.version
+    response.model_spec.signature_name = signature_name
+    for alias in outputs:
+        response.outputs[alias].CopyFrom(_as_proto_field(results[alias].numpy()))
+    return response
+
+
+def model_metadata(core: ServingCore, request):
+    """get_model_metadata_impl.cc: only the `signature_def` field exists."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    if not request.HasField("model_spec"):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    if not request.metadata_field:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "GetModelMetadataRequest must specify at least one metadata_field",
+        )
+    for field in request.metadata_field:
+        if field != "signature_def":
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported"
+            )
+    servable = core.resolve(request.model_spec)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature_def in servable.signature_defs.items():
+        signature_map.signature_def[name].CopyFrom(signature_def)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = request.model_spec.name
+    response.model_spec.version.value = servable.version
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+def model_status(core: ServingCore, request):
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    if not request.HasField("model_spec"):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for version, state, error in core.version_states(request.model_spec):
+        status = response.model_version_status.add(version=version, state=state)
+        if error:
+            status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+            status.status.error_message = error
+    return response
+
+
+def _servicers(core: ServingCore):
+    from tensorflow_serving.apis import (
+        model_management_pb2,
+        model_service_pb2_grpc,
+        prediction_service_pb2_grpc,
+    )
+
+    def answer(handler, request, context):
+        try:
+            return handler(core, request)
+        except ServingError as error:
+            context.abort(error.code, error.message)
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802 - gRPC's name
+            return answer(predict, request, context)
+
+        def GetModelMetadata(self, request, context):  # noqa: N802 - gRPC's name
+            return answer(model_metadata, request, context)
+
+    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+        def GetModelStatus(self, request, context):  # noqa: N802 - gRPC's name
+            return answer(model_status, request, context)
+
+        def HandleReloadConfigRequest(self, request, context):  # noqa: N802 - gRPC's name
+            # model_service_impl.cc: the status goes both in the response and on the call.
+            response = model_management_pb2.ReloadConfigResponse()
+            try:
+                core.reload_config(request.config)
+            except ServingError as error:
+                response.status.error_code = error.code.value[0]
+                response.status.error_message = error.message
+                context.set_code(error.code)
+                context.set_details(error.message)
+            return response
+
+    return (
+        (prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server, PredictionService()),
+        (model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelService()),
+    )
+
+
+class StandinServer:
+    """A running stand-in: the gRPC server plus the threads that poll files and the config."""
+
+    def __init__(self, settings: StandinSettings) -> None:
+        self.settings = settings
+        self.core = ServingCore(settings.allow_version_labels_for_unavailable_models)
+        self._config_text = settings.model_config_file.read_text()
+        self.core.reload_config(read_model_server_config(settings.model_config_file))
+        options = [
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.max_workers), options=options
+        )
+        for add, servicer in _servicers(self.core):
+            add(servicer, self._server)
+        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+        self._stopping = threading.Event()
+        self._pollers = [
+            threading.Thread(target=self._poll, args=(wait, job), daemon=True)
+            for wait, job in (
+                (settings.file_system_poll_wait_seconds, self.core.poll_file_system),
+                (settings.model_config_file_poll_wait_seconds, self._reread_config),
+            )
+            if wait > 0
+        ]
+
+    @property
+    def target(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def start(self) -> StandinServer:
+        self._server.start()
+        for poller in self._pollers:
+            poller.start()
+        return self
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        self._stopping.set()
+        self._server.stop(grace).wait()
+        for poller in self._pollers:
+            poller.join()
+
+    def _poll(self, wait: float, job) -> None:
+        while not self._stopping.wait(wait):
+            try:
+                job()
+            except ServingError as error:
+                log.error("%s", error.message)
+
+    def _reread_config(self) -> None:
+        """Like TF Serving's config poll: a changed file is reloaded; a bad one is logged."""
+        path = self.settings.model_config_file
+        try:
+            text = path.read_text()
+        except OSError as error:
+            log.error("cannot read %s: %s", path, error)
+            return
+        if text != self._config_text:
+            self._config_text = text
+            self.core.reload_config(read_model_server_config(path))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser, StandinSettings)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = settings_from_args(StandinSettings, args)
+    try:
+        server = StandinServer(settings).start()
+    except (ServingError, OSError) as error:
+        print(f"Failed to start server. Error: {getattr(error, 'message', error)}")
+        return 1
+    print(f"headbits serving-standin (development stand-in for TF Serving) on {server.target}",
+          flush=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        stopping.wait()
+    finally:
+        server.stop()
+    return 0
+
+
+def standin_settings(config_file: Path, **overrides) -> StandinSettings:
+    """Settings for an in-process stand-in (tests, benches): a free loopback port by default."""
+    overrides.setdefault("port", 0)
+    return dataclasses.replace(StandinSettings(), model_config_file=config_file, **overrides)
+

@@ -1,0 +1,358 @@
+"""The headbits model: a bit-level autoencoder and a protocol classifier on one shared encoder.
+
+The capstone's layer stack (dense, relu, bottleneck) with what its evaluation showed it lacked:
+packed bytes are unpacked inside the graph and paired with a validity mask (so "absent" differs
+from a NUL byte), the decoder ends in a sigmoid and is trained with bit-wise cross-entropy over
+seen bits only, and early stopping on held-back captures keeps it from memorising the noise
+(nonces, ids) that follows a protocol's fixed opening. The classifier head names the protocol a
+head looks like, so an alert can say "looks like SSH, port says HTTPS".
+
+The autoencoder learns only the rows flagged normal (`autoencoder_rows`); the classifier learns
+all rows. Thresholds come from `calibrate.py` on the validation split's normal rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: no C++ noise
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from headbits.featurizer.bits import HeadBatch, check_n
+from headbits.scorer.backend import (
+    INPUT_HEAD_BYTES,
+    INPUT_HEAD_LENGTHS,
+    MODEL_NAME,
+    OUTPUT_CLASSES,
+    OUTPUT_DIRECTION_ERROR,
+    OUTPUT_PROTOCOL_PROBS,
+    OUTPUT_RECONSTRUCTION_ERROR,
+    OUTPUT_THRESHOLD,
+    ModelInfo,
+    Scores,
+)
+from headbits.scorer.inprocess import heads_for_model, score_in_chunks
+from headbits.trainer.calibrate import class_thresholds, has_own_threshold, threshold_at_fpr
+
+# Small dense layers gain nothing from many threads, and the machine is shared with the services.
+TENSORFLOW_THREADS = min(2, os.cpu_count() or 1)
+VALIDATION_BATCH_ROWS = 4096
+
+
+def _limit_tensorflow_threads() -> None:
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(TENSORFLOW_THREADS)
+        tf.config.threading.set_inter_op_parallelism_threads(TENSORFLOW_THREADS)
+    except RuntimeError:
+        pass  # TensorFlow already ran in this process: its thread pools are fixed by then
+
+
+_limit_tensorflow_threads()
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a model is shaped, trained and calibrated.
+
+    `target_fpr` defaults to 0.001: at one alert per thousand normal connections a sensor seeing a
+    million connections a day yields about a thousand alerts, the most a triage queue absorbs; a
+    smaller rate cannot be measured on held-out sets of the usual size (below `1/target_fpr` rows
+    the threshold is simply the largest held-out error). `min_class_rows` defaults to
+    `1/target_fpr` for the same reason: with fewer rows a class's own threshold would only be the
+    maximum of a handful of rows, so it takes the global one.
+    """
+
+    n: int = 16
+    hidden_sizes: tuple[int, ...] = ()  # encoder widths; () scales with N: (16N, 8N, 4N)
+    bottleneck: int = 0  # code width; 0 scales with N: 2N
+    max_epochs: int = 60
+    batch_size: int = 256
+    patience: int = 5
+    learning_rate: float = 1e-3
+    target_fpr: float = 0.001
+    min_class_rows: int = 1000
+    classifier_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_n(self.n)
+        if any(size <= 0 for size in self.hidden_sizes) or self.bottleneck < 0:
+            raise ValueError("layer sizes must be positive")
+        if min(self.max_epochs, self.batch_size, self.patience) <= 0:
+            raise ValueError("max_epochs, batch_size and patience must be positive")
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ValueError(f"target_fpr {self.target_fpr} is not in (0, 1)")
+        if self.learning_rate <= 0 or self.classifier_weight < 0:
+            raise ValueError("learning_rate must be positive and classifier_weight >= 0")
+
+    @property
+    def encoder_sizes(self) -> tuple[int, ...]:
+        return self.hidden_sizes or (16 * self.n, 8 * self.n, 4 * self.n)
+
+    @property
+    def code_size(self) -> int:
+        return self.bottleneck or 2 * self.n
+
+
+def unpack_heads(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int) -> tuple[tf.Tensor, ...]:
+    """uint8 [B, 2N] + int32 [B, 2] -> float32 bits and validity mask, [B, 16N] each, MSB first.
+
+    The same maths as `featurizer.bits.model_inputs`, in graph ops so that TF Serving receives
+    packed bytes (8x fewer than bits) and no client has to know the encoding.
+    """
+    shifts = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.int32)
+    values = tf.cast(head_bytes, tf.int32)[:, :, None]
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(values, shifts), 1)
+    bits = tf.reshape(tf.cast(bits, tf.float32), [-1, 16 * n])
+    lengths = tf.clip_by_value(tf.cast(head_lengths, tf.int32), 0, n)
+    seen = tf.range(n, dtype=tf.int32)[None, None, :] < lengths[:, :, None]  # [B, 2, N]
+    mask = tf.repeat(tf.reshape(tf.cast(seen, tf.float32), [-1, 2 * n]), 8, axis=1)
+    return bits * mask, mask
+
+
+def bit_losses(bits: tf.Tensor, mask: tf.Tensor, bit_logits: tf.Tensor) -> tf.Tensor:
+    """Bit-wise cross-entropy of the sigmoid output, zero for unseen bits. From logits: the
+    same value as BCE on the sigmoid, without its clipping."""
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=bits, logits=bit_logits) * mask
+
+
+def row_errors(losses: tf.Tensor, mask: tf.Tensor, n: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean loss over seen bits: per row [B], and per direction [B, 2] (0 with no bytes)."""
+    direction_loss = tf.reduce_sum(tf.reshape(losses, [-1, 2, 8 * n]), axis=2)
+    direction_seen = tf.reduce_sum(tf.reshape(mask, [-1, 2, 8 * n]), axis=2)
+    row = tf.math.divide_no_nan(tf.reduce_sum(direction_loss, 1), tf.reduce_sum(direction_seen, 1))
+    return row, tf.math.divide_no_nan(direction_loss, direction_seen)
+
+
+class HeadbitsNetwork(keras.Model):
+    """[bits*mask, mask] -> relu encoder -> relu code -> relu decoder -> 16N logits (sigmoid),
+    and code -> C class logits (softmax). Trained with a masked BCE + weighted sparse CE."""
+
+    def __init__(self, config: TrainingConfig, n_classes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.n = config.n
+        self.classifier_weight = config.classifier_weight
+        dense = keras.layers.Dense
+        self.encoder = [dense(size, activation="relu", name=f"encoder_{i}")
+                        for i, size in enumerate(config.encoder_sizes)]
+        self.code = dense(config.code_size, activation="relu", name="bottleneck")
+        self.decoder = [dense(size, activation="relu", name=f"decoder_{i}")
+                        for i, size in enumerate(reversed(config.encoder_sizes))]
+        self.bit_logits = dense(16 * config.n, name="bit_logits")
+        self.class_logits = dense(n_classes, name="class_logits")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
+        self.classifier_tracker = keras.metrics.Mean(name="classifier_loss")
+
+    def call(self, inputs, training=False):
+        """(head_bytes, head_lengths) -> (bits, mask, bit logits, class logits)."""
+        head_bytes, head_lengths = inputs
+        bits, mask = unpack_heads(head_bytes, head_lengths, self.n)
+        hidden = tf.concat([bits, mask], axis=1)
+        for layer in self.encoder:
+            hidden = layer(hidden)
+        code = self.code(hidden)
+        hidden = code
+        for layer in self.decoder:
+            hidden = layer(hidden)
+        return bits, mask, self.bit_logits(hidden), self.class_logits(code)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.reconstruction_tracker, self.classifier_tracker]
+
+    def _step_loss(self, data, training: bool) -> tf.Tensor:
+        (head_bytes, head_lengths), (labels, autoencoder_rows) = data
+        bits, mask, bit_logits, class_logits = self((head_bytes, head_lengths), training=training)
+        normal_mask = mask * tf.cast(autoencoder_rows, tf.float32)[:, None]
+        reconstruction = tf.math.divide_no_nan(
+            tf.reduce_sum(bit_losses(bits, normal_mask, bit_logits)), tf.reduce_sum(normal_mask)
+        )
+        classifier = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(labels, tf.int32), logits=class_logits))
+        total = reconstruction + self.classifier_weight * classifier
+        self.loss_tracker.update_state(total)
+        self.reconstruction_tracker.update_state(reconstruction)
+        self.classifier_tracker.update_state(classifier)
+        return total
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            total = self._step_loss(data, training=True)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables, strict=True))
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def test_step(self, data):
+        self._step_loss(data, training=False)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+
+class ScoringGraph(tf.Module):
+    """What gets exported: packed heads in, errors, class probabilities and thresholds out."""
+
+    def __init__(self, network: HeadbitsNetwork, classes: Sequence[str]) -> None:
+        super().__init__(name=MODEL_NAME)
+        self.network = network
+        self.class_names = tf.constant(list(classes), tf.string)
+        # Filled by calibration after training; a variable, so it is saved with the weights.
+        self.thresholds = tf.Variable(tf.zeros([len(classes)], tf.float32), trainable=False)
+        n = network.n
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, 2 * n], tf.uint8, name=INPUT_HEAD_BYTES),
+            tf.TensorSpec([None, 2], tf.int32, name=INPUT_HEAD_LENGTHS),
+        ])
+
+    def _serve(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> dict[str, tf.Tensor]:
+        bits, mask, bit_logits, class_logits = self.network((head_bytes, head_lengths))
+        error, direction_error = row_errors(bit_losses(bits, mask, bit_logits), mask,
+                                            self.network.n)
+        probs = tf.nn.softmax(class_logits, axis=1)
+        return {
+            OUTPUT_RECONSTRUCTION_ERROR: error,
+            OUTPUT_DIRECTION_ERROR: direction_error,
+            OUTPUT_PROTOCOL_PROBS: probs,
+            OUTPUT_THRESHOLD: tf.gather(self.thresholds, tf.argmax(probs, axis=1)),
+            OUTPUT_CLASSES: self.class_names,
+        }
+
+
+@dataclass(eq=False)
+class TrainedModel:
+    """A trained, calibrated model in memory; `export.export_model` writes it as a version.
+
+    `thresholds[c]` applies to rows predicted as class c; `calibration_rows[c]` is how many
+    held-out normal rows were predicted as c (classes below `config.min_class_rows` use the
+    global threshold).
+    """
+
+    config: TrainingConfig
+    classes: tuple[str, ...]
+    thresholds: np.ndarray
+    global_threshold: float
+    calibration_rows: np.ndarray
+    history: dict[str, list[float]]
+    graph: ScoringGraph
+
+    def score(self, batch: HeadBatch) -> Scores:
+        return score_in_chunks(self.graph.serve, batch,
+                               ModelInfo(MODEL_NAME, 0, self.config.n, self.classes))
+
+    @property
+    def own_class_threshold(self) -> np.ndarray:
+        """bool [C]: classes calibrated on their own rows (the others use the global threshold)."""
+        return has_own_threshold(self.calibration_rows, self.config.min_class_rows)
+
+    def architecture(self) -> dict:
+        sizes = self.config.encoder_sizes
+        return {
+            "input": f"packed heads -> bits*mask ++ mask ({32 * self.config.n} floats)",
+            "encoder": [*sizes, self.config.code_size],
+            "decoder": [*reversed(sizes), 16 * self.config.n],
+            "activations": "relu; sigmoid bit output; softmax classes",
+            "classifier": f"dense softmax over {len(self.classes)} classes on the bottleneck",
+            "loss": "masked bit-wise BCE on normal rows + classifier_weight * sparse CE",
+        }
+
+
+def train(
+    train: HeadBatch,
+    train_labels: np.ndarray,
+    classes: Sequence[str],
+    validation: HeadBatch,
+    validation_labels: np.ndarray,
+    config: TrainingConfig,
+    autoencoder_rows: np.ndarray | None = None,
+    validation_autoencoder_rows: np.ndarray | None = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train with early stopping on `validation`, then calibrate thresholds on its normal rows.
+
+    Labels are class indices into `classes`. `autoencoder_rows` (bool per row, default all) marks
+    the rows the autoencoder learns as normal; the classifier learns every row.
+    """
+    classes = tuple(classes)
+    train_set = _dataset(train, train_labels, autoencoder_rows=autoencoder_rows,
+                         classes=classes, config=config, split="train")
+    validation_set = _dataset(validation, validation_labels,
+                              autoencoder_rows=validation_autoencoder_rows,
+                              classes=classes, config=config, split="validation")
+    keras.utils.set_random_seed(config.seed)
+    network = HeadbitsNetwork(config, len(classes), name=MODEL_NAME)
+    network.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    fitted = network.fit(
+        train_set.shuffle(len(train), seed=config.seed).batch(config.batch_size),
+        validation_data=validation_set.batch(VALIDATION_BATCH_ROWS),
+        epochs=config.max_epochs, callbacks=[stopping], verbose=_keras_verbosity(progress),
+        shuffle=False,  # the dataset reshuffles itself each epoch, seeded
+    )
+    graph = ScoringGraph(network, classes)
+    normal = _normal_rows(validation, validation_autoencoder_rows)
+    if not normal.any():
+        raise ValueError("no normal validation rows with payload to calibrate thresholds on")
+    held_out = score_in_chunks(graph.serve, heads_for_model(validation, config.n).select(normal),
+                               ModelInfo(MODEL_NAME, 0, config.n, classes))
+    predicted = np.argmax(held_out.protocol_probs, axis=1)
+    errors = held_out.reconstruction_error
+    thresholds = class_thresholds(errors, predicted, len(classes), config.target_fpr,
+                                  config.min_class_rows)
+    graph.thresholds.assign(thresholds)
+    return TrainedModel(
+        config=config,
+        classes=classes,
+        thresholds=thresholds,
+        global_threshold=threshold_at_fpr(errors, config.target_fpr),
+        calibration_rows=np.bincount(predicted, minlength=len(classes)),
+        history={name: [float(v) for v in values] for name, values in fitted.history.items()},
+        graph=graph,
+    )
+
+
+def _keras_verbosity(progress: bool) -> int:
+    """A live progress bar on a terminal, one line per epoch in logs (bars garble them)."""
+    if not progress:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _dataset(
+    batch: HeadBatch,
+    labels: np.ndarray,
+    *,
+    autoencoder_rows: np.ndarray | None,
+    classes: tuple[str, ...],
+    config: TrainingConfig,
+    split: str,
+) -> tf.data.Dataset:
+    batch = heads_for_model(batch, config.n)
+    labels = np.asarray(labels)
+    rows = np.ones(len(batch), bool) if autoencoder_rows is None else np.asarray(autoencoder_rows)
+    if len(batch) == 0:
+        raise ValueError(f"the {split} split is empty")
+    if labels.shape != (len(batch),) or rows.shape != (len(batch),):
+        raise ValueError(f"{split}: labels and autoencoder rows need one value per row "
+                         f"({len(batch)} rows, {labels.shape} labels, {rows.shape} flags)")
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise ValueError(f"{split}: labels must be class indices in 0..{len(classes) - 1}")
+    return tf.data.Dataset.from_tensor_slices((
+        (batch.head_bytes, batch.head_lengths.astype(np.int32)),
+        (labels.astype(np.int32), rows.astype(bool)),
+    ))
+
+
+def _normal_rows(validation: HeadBatch, autoencoder_rows: np.ndarray | None) -> np.ndarray:
+    """Held-out rows the thresholds are set on: normal, and with at least one byte seen (a row
+    without payload has error 0 by definition and would only dilute the rate)."""
+    has_payload = validation.head_lengths.sum(axis=1) > 0
+    if autoencoder_rows is None:
+        return has_payload
+    return has_payload & np.asarray(autoencoder_rows, dtype=bool)

@@ -1,0 +1,410 @@
+"""List model versions, write TF Serving's model_config_file, promote and roll back labels.
+
+The repository is TF Serving's layout: <models>/headbits/<version>/ holds a SavedModel and
+assets.extra/headbits.json (N, classes, metrics). Scorers ask for a version *label* (`stable`,
+`canary`); this command owns which version each label names, in the model_config_file TF Serving
+reads (model_config_list, a `specific` version policy, version_labels).
+
+TF Serving only lets a label name a version that is already loaded, so a promotion is two config
+writes: first the same labels with the new version added to the loaded set, then (once the server
+reports it AVAILABLE) the label moved. Rollback moves a label back to the version it named before,
+which stays loaded for that purpose. Labels, the loaded set and the history live in a small JSON
+file beside the config (<config>.labels.json).
+
+  headbits model list
+  headbits model promote 7 --label canary --server tfserving:8500
+  headbits model promote 7 --server tfserving:8500          (canary -> stable)
+  headbits model rollback --server tfserving:8500
+  headbits model config        (re-write the config and batching file from the state)
+  headbits model status --server tfserving:8500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from headbits.common.settings import add_settings_arguments, setting, settings_from_args
+from headbits.scorer.standin import version_dirs
+
+LABELS = ("stable", "canary")
+LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")  # TF Serving's rule for label names
+BATCHING_FILE = resources.files("headbits.scorer") / "batching.config"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    models_dir: Path = setting(Path("models"), "model repository base directory")
+    model_name: str = setting("headbits", "model name in TF Serving")
+    config_file: Path = setting(
+        Path("models/models.config"), "TF Serving model_config_file this command writes"
+    )
+    serving_base_path: str = setting(
+        "", "the model's base_path as TF Serving sees it (e.g. /models/headbits in the "
+        "container); empty: the local path"
+    )
+    server: str = setting(
+        "", "TF Serving gRPC address (host:port) to wait on between the two writes of a "
+        "promotion, and to query for `status`; empty: wait settle_seconds instead"
+    )
+    reload_via_rpc: bool = setting(
+        False, "also push each config with ModelService.HandleReloadConfigRequest (needs server)"
+    )
+    wait_seconds: float = setting(300.0, "how long a new version may take to become AVAILABLE")
+    settle_seconds: float = setting(
+        90.0, "without a server: seconds between the two writes (longer than TF Serving's "
+        "--model_config_file_poll_wait_seconds plus a version's load time)"
+    )
+
+
+class RepositoryError(RuntimeError):
+    """A rollout step that cannot be done; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: int
+    path: Path
+    metadata: dict
+
+
+@dataclass
+class RolloutState:
+    """Which version each label names, what is loaded, and how labels got there."""
+
+    labels: dict[str, int] = field(default_factory=dict)
+    previous: dict[str, list[int]] = field(default_factory=dict)  # per label, rollback stack
+    history: list[dict] = field(default_factory=list)
+
+    def loaded(self) -> list[int]:
+        """Versions the server keeps: each label's version and stable's rollback target."""
+        keep = set(self.labels.values())
+        if self.previous.get("stable"):
+            keep.add(self.previous["stable"][-1])
+        return sorted(keep)
+
+    def to_dict(self) -> dict:
+        return {"labels": self.labels, "previous": self.previous, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, document: dict) -> RolloutState:
+        return cls(
+            labels={k: int(v) for k, v in document.get("labels", {}).items()},
+            previous={k: [int(v) for v in vs] for k, vs in document.get("previous", {}).items()},
+            history=list(document.get("history", [])),
+        )
+
+
+def list_versions(models_dir: Path, model_name: str) -> list[ModelVersion]:
+    """The versions TF Serving would see, oldest first, each with its headbits.json."""
+    from headbits.scorer.inprocess import read_metadata
+
+    versions = []
+    for version, path in sorted(version_dirs(models_dir / model_name).items()):
+        try:
+            metadata = read_metadata(path)
+        except (OSError, ValueError) as error:
+            metadata = {"error": str(error)}
+        versions.append(ModelVersion(version, path, metadata))
+    return versions
+
+
+def state_path(config_file: Path) -> Path:
+    return config_file.with_name(config_file.name + ".labels.json")
+
+
+def read_state(config_file: Path) -> RolloutState:
+    path = state_path(config_file)
+    if not path.exists():
+        return RolloutState()
+    try:
+        return RolloutState.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise RepositoryError(f"{path}: unreadable rollout state ({error})") from error
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers (TF Serving's config poll) see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def model_server_config(name: str, base_path: str, versions: list[int], labels: dict[str, int]):
+    """TF Serving's ModelServerConfig: these versions loaded, these labels on them."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add(
+        name=name, base_path=base_path, model_platform="tensorflow"
+    )
+    model.model_version_policy.specific.versions.extend(sorted(versions))
+    for label in sorted(labels):
+        model.version_labels[label] = labels[label]
+    return config
+
+
+def config_text(config) -> str:
+    return text_format.MessageToString(config)
+
+
+class Repository:
+    """The model repository plus the config and state files that say what TF Serving serves."""
+
+    def __init__(self, settings: ModelSettings, out=None) -> None:
+        self.settings = settings
+        self.out = out or sys.stdout
+        self.state = read_state(settings.config_file)
+
+    @property
+    def base_path(self) -> str:
+        local = (self.settings.models_dir / self.settings.model_name).resolve()
+        return self.settings.serving_base_path or str(local)
+
+    def versions(self) -> list[ModelVersion]:
+        return list_versions(self.settings.models_dir, self.settings.model_name)
+
+    def write_config(self, versions: list[int], labels: dict[str, int]) -> None:
+        config = model_server_config(self.settings.model_name, self.base_path, versions, labels)
+        write_atomically(self.settings.config_file, config_text(config))
+        if self.settings.reload_via_rpc:
+            reload_config(self._server(), config)
+
+    def save_state(self) -> None:
+        text = json.dumps(self.state.to_dict(), indent=2) + "\n"
+        write_atomically(state_path(self.settings.config_file), text)
+
+    def write_batching_file(self) -> Path:
+        target = self.settings.config_file.with_name("batching.config")
+        write_atomically(target, BATCHING_FILE.read_text())
+        return target
+
+    def move_label(self, label: str, version: int, action: str) -> None:
+        """Point `label` at `version`: load it first, move the label in a second write."""
+        if not LABEL_PATTERN.fullmatch(label):
+            raise RepositoryError(f"label {label!r} must match [a-zA-Z0-9_]+ (TF Serving's rule)")
+        if version not in {v.version for v in self.versions()}:
+            raise RepositoryError(
+                f"no SavedModel at {self.settings.models_dir / self.settings.model_name}/"
+                f"{version}; `headbits model list` shows the versions there"
+            )
+        before = self.state.labels.get(label)
+        if before == version:
+            print(f"{label} already names version {version}", file=self.out)
+            return
+        loaded = self.state.loaded()
+        if version not in loaded:
+            self.write_config([*loaded, version], self.state.labels)
+            print(f"step 1/2: loading version {version} beside {loaded}", file=self.out)
+            self.wait_available(version)
+        self.state.labels[label] = version
+        stack = self.state.previous.setdefault(label, [])
+        if action == "rollback":
+            stack.pop()
+        elif before is not None:
+            stack.append(before)
+        self.state.history.append({
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": action,
+            "label": label,
+            "from": before,
+            "to": version,
+        })
+        self.write_config(self.state.loaded(), self.state.labels)
+        self.save_state()
+        print(f"step 2/2: {label} {before} -> {version}; loaded {self.state.loaded()}",
+              file=self.out)
+
+    def promote(self, version: int, label: str) -> None:
+        self.move_label(label, version, "promote")
+
+    def rollback(self, label: str) -> None:
+        stack = self.state.previous.get(label)
+        if not stack:
+            raise RepositoryError(f"{label} has no earlier version to roll back to")
+        self.move_label(label, stack[-1], "rollback")
+
+    def wait_available(self, version: int) -> None:
+        if not self.settings.server:
+            print(f"no --server: waiting {self.settings.settle_seconds:g} s for TF Serving to "
+                  "load it", file=self.out)
+            time.sleep(self.settings.settle_seconds)
+            return
+        deadline = time.monotonic() + self.settings.wait_seconds
+        while time.monotonic() < deadline:
+            if version_state(self._server(), self.settings.model_name, version) == "AVAILABLE":
+                return
+            time.sleep(0.2)
+        raise RepositoryError(
+            f"version {version} did not become AVAILABLE on {self.settings.server} within "
+            f"{self.settings.wait_seconds:g} s; the labels were not moved (check the server log)"
+        )
+
+    def _server(self) -> str:
+        if not self.settings.server:
+            raise RepositoryError("reload_via_rpc needs --server")
+        return self.settings.server
+
+
+def version_state(target: str, model_name: str, version: int) -> str | None:
+    """The version's state name from GetModelStatus, or None if the server does not know it."""
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = model_name
+    request.model_spec.version.value = version
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        try:
+            response = stub.GetModelStatus(request, timeout=10)
+        except grpc.RpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                return None
+            raise
+    states = get_model_status_pb2.ModelVersionStatus.State
+    return states.Name(response.model_version_status[0].state)
+
+
+def server_status(target: str, model_name: str, labels: list[str]) -> dict:
+    """Every version's state and the version each label answers with, as the server sees it."""
+    import grpc
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        prediction_service_pb2_grpc,
+    )
+
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = model_name
+    states = get_model_status_pb2.ModelVersionStatus.State
+    report: dict = {"versions": {}, "labels": {}}
+    with grpc.insecure_channel(target) as channel:
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        try:
+            response = models.GetModelStatus(status_request, timeout=10)
+        except grpc.RpcError as error:
+            return {"error": f"{error.code().name}: {error.details()}"}
+        for status in response.model_version_status:
+            report["versions"][status.version] = states.Name(status.state)
+        for label in labels:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                metadata_field=["signature_def"]
+            )
+            request.model_spec.name = model_name
+            request.model_spec.version_label = label
+            try:
+                answer = predictions.GetModelMetadata(request, timeout=10)
+                report["labels"][label] = answer.model_spec.version.value
+            except grpc.RpcError as error:
+                report["labels"][label] = f"{error.code().name}: {error.details()}"
+    return report
+
+
+def reload_config(target: str, config) -> None:
+    """Push a config with ModelService.HandleReloadConfigRequest; raise if the server refuses."""
+    import grpc
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    request = model_management_pb2.ReloadConfigRequest(config=config)
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        try:
+            stub.HandleReloadConfigRequest(request, timeout=600)
+        except grpc.RpcError as error:
+            raise RepositoryError(
+                f"{target} refused the config: {error.code().name}: {error.details()}"
+            ) from error
+
+
+def version_rows(repository: Repository) -> list[list[str]]:
+    named = {}
+    for label, version in repository.state.labels.items():
+        named.setdefault(version, []).append(label)
+    loaded = set(repository.state.loaded())
+    rows = []
+    for version in repository.versions():
+        metadata = version.metadata
+        metrics = metadata.get("metrics", {})
+        shown = " ".join(
+            f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float))
+        )
+        rows.append([
+            str(version.version),
+            ",".join(sorted(named.get(version.version, []))) or "-",
+            "yes" if version.version in loaded else "no",
+            str(metadata.get("n", "?")),
+            str(len(metadata.get("classes", []))),
+            str(metadata.get("created", metadata.get("exported_at", "?"))),
+            metadata.get("error", shown) or "-",
+        ])
+    return rows
+
+
+def print_table(rows: list[list[str]], header: list[str], out) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)),
+              file=out)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "config", "promote", "rollback", "status"))
+    parser.add_argument("version", type=int, nargs="?", help="version to promote")
+    parser.add_argument("--label", default="stable", help="label to move (default: stable)")
+    add_settings_arguments(parser, ModelSettings)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(ModelSettings, args)
+    try:
+        repository = Repository(settings)
+        if args.action == "list":
+            header = ["version", "labels", "loaded", "N", "classes", "created", "metrics"]
+            print_table(version_rows(repository), header, sys.stdout)
+        elif args.action == "config":
+            state = repository.state
+            repository.write_config(state.loaded(), state.labels)
+            batching = repository.write_batching_file()
+            print(f"wrote {settings.config_file} and {batching}")
+        elif args.action == "promote":
+            if args.version is None:
+                canary = repository.state.labels.get("canary")
+                if canary is None:
+                    raise RepositoryError("promote needs a VERSION (or a canary to promote)")
+                args.version = canary
+            repository.promote(args.version, args.label)
+        elif args.action == "rollback":
+            repository.rollback(args.label)
+        else:
+            print(json.dumps({"state": repository.state.to_dict(), "loaded":
+                              repository.state.loaded()}, indent=2))
+            if settings.server:
+                report = server_status(settings.server, settings.model_name, list(LABELS))
+                print(json.dumps({"server": report}, indent=2))
+    except RepositoryError as error:
+        print(f"headbits model {args.action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
