@@ -17,7 +17,7 @@ from headbits import __version__
 from headbits.common.settings import SettingsError
 
 VERBS: dict[str, tuple[str, str]] = {
-    "demo": ("headbits.trainer.demo", "generate traffic, train, score and report, no cluster"),
+    "demo": ("headbits.demo", "generate traffic, train, score and report, no cluster"),
     "generate": ("headbits.trainer.traffic.command", "labelled heads from real protocols"),
     "train": ("headbits.trainer.train", "train and export a model version"),
     "eval": ("headbits.trainer.evaluate", "evaluate a model against labelled captures"),

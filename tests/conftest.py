@@ -21,3 +21,20 @@ def shared_pcaps() -> Path:
     if not (SHARED_PCAPS / "LABELS.tsv").is_file():
         pytest.skip(f"shared capture corpus not found at {SHARED_PCAPS} (see README: Data)")
     return SHARED_PCAPS
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    """Bootstrap address of a real single-node Apache Kafka (KRaft) started for this session.
+
+    `headbits.common.devkafka` fetches the server jars with Maven (cached outside the project),
+    formats a fresh log dir and starts the broker on a free loopback port; it is stopped, and its
+    files removed, when the session ends. Tests use their own topic names and consumer groups.
+    """
+    from headbits.common import devkafka
+
+    broker = devkafka.start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()

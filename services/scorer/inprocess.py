@@ -58,6 +58,12 @@ def latest_version_dir(base_dir: Path) -> Path:
     return Path(base_dir) / MODEL_NAME / str(versions[-1])
 
 
+def resolve_version_dir(path: Path) -> Path:
+    """`path` itself if it is a version directory, else the latest version under it."""
+    path = Path(path)
+    return path if (path / METADATA_FILE).is_file() else latest_version_dir(path)
+
+
 def heads_for_model(batch: HeadBatch, model_n: int) -> HeadBatch:
     """The batch at the model's N: wider heads are cut, narrower ones can never be scored."""
     if batch.n < model_n:

@@ -15,7 +15,8 @@ from headbits.trainer import metrics
 MAX_PANELS = 12
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +29,7 @@ def plot_error_histograms(
     labels: np.ndarray, errors: np.ndarray, baseline: str, path: Path, n: int,
 ) -> None:
     """One panel per protocol: its held-out errors against the baseline's, log-spaced bins."""
-    plt = _pyplot()
+    plt = pyplot()
     others = [p for p, _ in _most_common(labels[labels != baseline])][:MAX_PANELS]
     columns = 4
     rows = max(1, -(-len(others) // columns))
@@ -57,7 +58,7 @@ def plot_roc_curves(
     labels: np.ndarray, errors: np.ndarray, ones: np.ndarray, baseline: str, pairs: list[dict],
     path: Path, n: int,
 ) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 6))
     negatives = labels == baseline
     for pair in pairs[:10]:
@@ -79,7 +80,7 @@ def plot_roc_curves(
 
 
 def plot_confusion(classifier: dict, path: Path, n: int) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.array(classifier["confusion"], dtype=np.float64)
     names = classifier["classes"]
     row_sums = np.maximum(matrix.sum(axis=1, keepdims=True), 1)

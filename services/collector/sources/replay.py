@@ -64,11 +64,13 @@ class ReplaySource(Source):
     def _fill(self) -> bool:
         """Read captures until one yields items; False when none are left."""
         while not self._pending and self._paths:
-            path = self._paths.popleft()
-            capture = read_capture(path, n=self._n, sensor=self._sensor)
-            self._pending.extend(capture.heads)
-            self._pending.extend(Rejected(b"", error, str(path)) for error in capture.errors)
+            self._pending.extend(self._load(self._paths.popleft()))
         return bool(self._pending)
+
+    def _load(self, path: Path) -> list[SourceItem]:
+        """One file's items; subclasses read other file formats."""
+        capture = read_capture(path, n=self._n, sensor=self._sensor)
+        return [*capture.heads, *(Rejected(b"", error, str(path)) for error in capture.errors)]
 
     def _due(self) -> float:
         if self._started is None:

@@ -1,0 +1,317 @@
+"""A local single-node Apache Kafka for development, tests and the demo.
+
+`headbits kafka-dev start` fetches Apache Kafka's server jars from Maven Central with Maven (the
+version is pinned below), caches them under ~/.cache/headbits/kafka (never in the work tree),
+formats a fresh KRaft log dir, starts one broker+controller (KRaft combined mode) on a free
+loopback port, waits until it answers a metadata request and prints its bootstrap address:
+
+    export HEADBITS_BOOTSTRAP_SERVERS=$(headbits kafka-dev start)
+    headbits kafka-dev status
+    headbits kafka-dev stop
+
+Needs Java >= 17 and `mvn` on PATH. The broker is for development only: plaintext, replication
+factor 1, data in a temporary directory removed by `stop`. Production points the services at
+its own cluster (see the README: bootstrap servers, SASL/SSL settings, schema registry URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "4.4.0"
+SCALA_VERSION = "2.13"
+LOG4J_VERSION = "2.25.3"
+CACHE_ENV = "HEADBITS_KAFKA_CACHE"
+DEFAULT_CACHE = Path.home() / ".cache" / "headbits" / "kafka"
+HEAP = "-Xmx768m"
+
+_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>headbits.dev</groupId>
+  <artifactId>kafka-server-jars</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_{scala}</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j2-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+# The broker logs to a file in its run directory, never to the caller's terminal.
+_LOG4J2 = """Configuration:
+  status: warn
+  Appenders:
+    File:
+      name: file
+      fileName: "${sys:kafka.logs.dir}/server.log"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: file
+    Logger:
+      - name: kafka.request.logger
+        level: WARN
+      - name: org.apache.kafka.controller
+        level: WARN
+      - name: state.change.logger
+        level: WARN
+"""
+
+
+class DevKafkaError(RuntimeError):
+    """The development broker could not be fetched, started or reached; the message says why."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+def jars_dir(version: str = KAFKA_VERSION) -> Path:
+    return cache_dir() / version / "lib"
+
+
+def fetch_jars(version: str = KAFKA_VERSION, quiet: bool = True) -> Path:
+    """The directory of Kafka's server jars, fetched with Maven on first use."""
+    lib = jars_dir(version)
+    done = lib / ".complete"
+    if done.is_file():
+        return lib
+    if shutil.which("mvn") is None:
+        raise DevKafkaError("mvn is not on PATH: install Maven (apt-get install maven) and Java 17")
+    build = lib.parent / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "pom.xml").write_text(
+        _POM.format(scala=SCALA_VERSION, kafka=version, log4j=LOG4J_VERSION)
+    )
+    command = [
+        "mvn", "-B", *(["-q"] if quiet else []), "-f", str(build / "pom.xml"),
+        f"-Dmaven.repo.local={lib.parent / 'm2'}",
+        "dependency:copy-dependencies", "-DincludeScope=runtime",
+        f"-DoutputDirectory={lib}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr)[-2000:]
+        raise DevKafkaError(f"Maven could not fetch Kafka {version} jars:\n{tail}")
+    done.write_text(version)
+    return lib
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _server_properties(run_dir: Path, port: int, controller_port: int, partitions: int) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(run_dir / "data"),
+        "num.partitions": str(partitions),
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        "log.retention.check.interval.ms": "60000",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+@dataclass
+class DevKafka:
+    """One running development broker: where it listens, its process and its files."""
+
+    bootstrap_servers: str
+    pid: int
+    run_dir: Path
+    version: str
+
+    def is_alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, timeout: float = 30.0, remove: bool = True) -> None:
+        """SIGTERM (Kafka's clean shutdown), SIGKILL after `timeout`, then remove its files."""
+        if self.is_alive():
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.is_alive() and time.monotonic() < deadline:
+                _reap(self.pid)
+                time.sleep(0.1)
+            if self.is_alive():
+                os.kill(self.pid, signal.SIGKILL)
+                _reap(self.pid, block=True)
+        if remove:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "bootstrap_servers": self.bootstrap_servers, "pid": self.pid,
+            "run_dir": str(self.run_dir), "version": self.version,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> DevKafka:
+        state = json.loads(text)
+        return cls(state["bootstrap_servers"], state["pid"], Path(state["run_dir"]),
+                   state["version"])
+
+
+def _reap(pid: int, block: bool = False) -> None:
+    """Collect our child's exit status so it does not linger as a zombie (no-op otherwise)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0 if block else os.WNOHANG)
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise DevKafkaError("java is not on PATH: Kafka 4 needs Java 17 or newer")
+    return java
+
+
+def start(
+    run_dir: Path | None = None,
+    version: str = KAFKA_VERSION,
+    partitions: int = 4,
+    timeout: float = 90.0,
+) -> DevKafka:
+    """Format a fresh KRaft log dir, start the broker detached and wait until it answers."""
+    from headbits.common.kafka import wait_for_cluster
+
+    lib = fetch_jars(version)
+    run_dir = Path(run_dir or tempfile.mkdtemp(prefix="headbits-kafka-"))
+    shutil.rmtree(run_dir / "data", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port, controller_port = free_port(), free_port()
+    config = run_dir / "server.properties"
+    config.write_text(_server_properties(run_dir, port, controller_port, partitions))
+    (run_dir / "log4j2.yaml").write_text(_LOG4J2)
+    java = [
+        _java(), HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={run_dir / 'log4j2.yaml'}",
+        f"-Dkafka.logs.dir={run_dir}", "-cp", f"{lib}/*",
+    ]
+    formatted = subprocess.run(
+        [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+        capture_output=True, text=True, check=False,
+    )
+    if formatted.returncode != 0:
+        raise DevKafkaError(f"kafka-storage format failed: {formatted.stderr or formatted.stdout}")
+    with (run_dir / "stdout.log").open("ab") as out:
+        process = subprocess.Popen(
+            [*java, "kafka.Kafka", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    broker = DevKafka(f"127.0.0.1:{port}", process.pid, run_dir, version)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DevKafkaError(
+                f"Kafka exited with {process.returncode} while starting; see {run_dir}/server.log"
+            )
+        if wait_for_cluster(broker.bootstrap_servers, timeout=2.0):
+            return broker
+    broker.stop(remove=False)
+    raise DevKafkaError(f"Kafka did not answer within {timeout:.0f} s; see {run_dir}/server.log")
+
+
+def _state_file() -> Path:
+    return cache_dir() / "dev" / "state.json"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("start", "stop", "status", "fetch"),
+                        help="start prints the bootstrap address; fetch only downloads the jars")
+    parser.add_argument("--version", default=KAFKA_VERSION,
+                        help="Kafka version (default: %(default)s)")
+    parser.add_argument("--partitions", type=int, default=4, help="default partitions per topic")
+
+
+def _start_or_show(args: argparse.Namespace, current: DevKafka | None) -> int:
+    if current is None or not current.is_alive():
+        current = start(cache_dir() / "dev" / "run", args.version, args.partitions)
+        _state_file().write_text(current.to_json())
+    print(current.bootstrap_servers)
+    return 0
+
+
+def _stop(current: DevKafka | None) -> int:
+    if current is not None:
+        current.stop()
+    _state_file().unlink(missing_ok=True)
+    return 0
+
+
+def _status(current: DevKafka | None) -> int:
+    if current is None or not current.is_alive():
+        print("not running")
+        return 3
+    print(f"running {current.bootstrap_servers} (pid {current.pid}, Kafka {current.version})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    state = _state_file()
+    current = DevKafka.from_json(state.read_text()) if state.is_file() else None
+    try:
+        if args.action == "fetch":
+            print(fetch_jars(args.version, quiet=False))
+            return 0
+        if args.action == "start":
+            return _start_or_show(args, current)
+    except DevKafkaError as error:
+        print(f"headbits kafka-dev: {error}", file=sys.stderr)
+        return 1
+    return _stop(current) if args.action == "stop" else _status(current)

@@ -1,0 +1,104 @@
+"""The services' pure parts and the Kafka value codecs, without a broker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from headbits.common.avro import DecodeError, ValueCodec, load_schema
+from headbits.common.records import PayloadHead
+from headbits.featurizer.bits import pack_heads
+from headbits.featurizer.transform import featurize
+from headbits.scorer.alerting import (
+    ANOMALOUS_BYTES,
+    PROTOCOL_MISMATCH,
+    check_features,
+    head_batch,
+    last_per_uid,
+    score_records,
+)
+from headbits.scorer.backend import ModelInfo, Scores
+
+
+def make_head(uid: str, orig: bytes = b"GET / HTTP/1.1\r\n", resp: bytes = b"HTTP/1.1 200",
+              resp_p: int = 80, services: tuple[str, ...] = ()) -> PayloadHead:
+    return PayloadHead(uid, 1700000000.5, "s1", "10.0.0.1", 40000, "10.0.0.2", resp_p, "tcp",
+                       services, orig, resp, len(orig), len(resp), False, True)
+
+
+def test_codec_round_trip_and_strictness():
+    codec = ValueCodec("payload_head", "heads")
+    head = make_head("C1")
+    value = codec.encode(head.to_dict())
+    assert PayloadHead.from_dict(codec.decode(value, codec.headers)) == head
+    with pytest.raises(DecodeError, match="bytes after the record"):
+        codec.decode(value + b"\0", codec.headers)
+    with pytest.raises(DecodeError, match="bad Avro"):
+        codec.decode(value[:10], codec.headers)
+    with pytest.raises(DecodeError, match="no headbits-schema-fingerprint header"):
+        codec.decode(value, None)
+    other = ValueCodec("deadletter", "dl")
+    with pytest.raises(DecodeError, match="wrong schema"):
+        codec.decode(value, other.headers)
+    with pytest.raises(DecodeError, match="tombstone"):
+        codec.decode(None, codec.headers)
+
+
+def test_every_topic_schema_loads_with_a_distinct_fingerprint():
+    names = ("payload_head", "features", "alert", "score", "deadletter")
+    fingerprints = {ValueCodec(name, name).fingerprint for name in names}
+    assert len(fingerprints) == len(names)
+    assert all(load_schema(name)["name"].startswith("headbits.v1.") for name in names)
+
+
+def test_featurize_packs_at_64_and_rejects_contract_breakers():
+    good = make_head("C1", services=("ssl",), resp_p=8443)
+    oversize = make_head("C2", orig=b"x" * 65)
+    broken = good.to_dict()
+    del broken["sensor"]
+    features, rejected = featurize([good.to_dict(), oversize.to_dict(), broken])
+    assert [index for index, _ in rejected] == [1, 2]
+    assert "65 bytes" in rejected[0][1] and "'sensor' is missing" in rejected[1][1]
+    (record,) = features
+    expected = pack_heads([good.orig_head], [good.resp_head], 64)
+    assert record["head_bytes"] == expected.head_bytes.tobytes()
+    assert (record["orig_length"], record["resp_length"]) == (16, 12)
+    assert (record["expected_protocol"], record["expected_source"]) == ("tls", "zeek")
+    assert record["n"] == 64 and record["resp_gap"] is True
+
+
+def _scores(errors, thresholds, probs, direction, classes=("http", "tls", "unknown")):
+    return Scores(np.array(errors, np.float32), np.array(direction, np.float32),
+                  np.array(probs, np.float32), np.array(thresholds, np.float32),
+                  ModelInfo("headbits", 7, 16, classes))
+
+
+def test_alerts_for_anomalous_bytes_and_protocol_mismatch_only():
+    heads = [make_head("A"), make_head("B"), make_head("C", resp_p=9999), make_head("D")]
+    features, _ = featurize([h.to_dict() for h in heads])
+    batch = head_batch(features, 16)
+    assert batch.head_bytes.shape == (4, 32)
+    scores = _scores(
+        errors=[0.9, 0.1, 0.1, 0.1], thresholds=[0.5] * 4,
+        probs=[[1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0]],
+        direction=[[0.2, 0.8], [0.1, 0.1], [0.1, 0.1], [0.1, 0.1]],
+    )
+    alerts, everything = score_records(features, batch, scores)
+    by_uid = {alert["uid"]: alert for alert in alerts}
+    # C's port expects nothing ("unknown"), so predicting tls there is no mismatch.
+    assert sorted(by_uid) == ["A", "B"]
+    assert by_uid["A"]["reason"] == ANOMALOUS_BYTES and by_uid["A"]["direction"] == "resp"
+    assert by_uid["B"]["reason"] == PROTOCOL_MISMATCH
+    assert by_uid["A"]["orig_head"] == heads[0].orig_head[:16]
+    assert by_uid["A"]["resp_head"] == heads[0].resp_head[:12]
+    assert [s["alert"] for s in everything] == [True, True, False, False]
+    assert by_uid["A"]["model_version"] == 7 and by_uid["A"]["model_n"] == 16
+
+
+def test_wrong_n_is_refused_and_duplicates_scored_once():
+    features, _ = featurize([make_head("A").to_dict(), make_head("A").to_dict()])
+    assert last_per_uid(features) == [1]
+    short = {**features[0], "head_bytes": features[0]["head_bytes"][:100]}
+    assert "wrong N" in check_features(short, 16)
+    assert "wrong N" in check_features({**features[0], "n": 12}, 16)
+    assert check_features(features[0], 16) is None
