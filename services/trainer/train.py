@@ -15,8 +15,10 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +27,9 @@ from headbits.common.protocols import UNKNOWN
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 from headbits.trainer import dataset
 from headbits.trainer.dataset import LabelledHeads
+
+if TYPE_CHECKING:
+    from headbits.trainer.model import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,10 @@ def describe(data: LabelledHeads) -> dict:
 
 def train_and_export(
     data: LabelledHeads, settings: TrainSettings, sources: list[str], progress: bool = True,
+    evaluate: Callable[[TrainedModel], dict] | None = None,
 ) -> TrainedVersion:
+    """Fit and export a version; `evaluate(trained)` returns more headbits.json entries (e.g.
+    held-out metrics), computed before export so the version appears with them, atomically."""
     from headbits.trainer.export import export_model
 
     started = time.time()
@@ -157,6 +165,8 @@ def train_and_export(
             "seconds": round(time.time() - started, 1),
         },
     }
+    if evaluate is not None:
+        metadata.update(evaluate(trained))
     version_dir = export_model(trained, settings.models_dir, metadata=metadata)
     return TrainedVersion(version_dir, tuple(trained.classes), len(train_rows),
                           len(validation_rows))
