@@ -75,6 +75,7 @@ class TrainingConfig:
     max_epochs: int = 60
     batch_size: int = 256
     patience: int = 5
+    min_improvement: float = 1e-3  # smaller drops of the validation loss do not count as progress
     learning_rate: float = 1e-3
     target_fpr: float = 0.001
     min_class_rows: int = 1000
@@ -89,8 +90,9 @@ class TrainingConfig:
             raise ValueError("max_epochs, batch_size and patience must be positive")
         if not 0.0 < self.target_fpr < 1.0:
             raise ValueError(f"target_fpr {self.target_fpr} is not in (0, 1)")
-        if self.learning_rate <= 0 or self.classifier_weight < 0:
-            raise ValueError("learning_rate must be positive and classifier_weight >= 0")
+        if self.learning_rate <= 0 or min(self.classifier_weight, self.min_improvement) < 0:
+            raise ValueError("learning_rate must be positive, classifier_weight and "
+                             "min_improvement >= 0")
 
     @property
     def encoder_sizes(self) -> tuple[int, ...]:
@@ -288,7 +290,8 @@ def train(
     network = HeadbitsNetwork(config, len(classes), name=MODEL_NAME)
     network.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True)
+        monitor="val_loss", patience=config.patience, min_delta=config.min_improvement,
+        restore_best_weights=True)
     fitted = network.fit(
         train_set.shuffle(len(train), seed=config.seed).batch(config.batch_size),
         validation_data=validation_set.batch(VALIDATION_BATCH_ROWS),

@@ -1,0 +1,109 @@
+"""Properties of threshold calibration, against a sort-based reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from headbits.trainer.calibrate import class_thresholds, has_own_threshold, threshold_at_fpr
+
+# Few distinct values, so ties (common for errors of identical heads) are exercised.
+errors_strategy = arrays(
+    np.float32, st.integers(1, 400),
+    elements=st.sampled_from([0.0, 0.001, 0.02, 0.02, 0.3, 0.3, 0.3, 1.5, 7.0]) | st.floats(
+        0, 20, width=32),
+)
+fpr_strategy = st.floats(1e-4, 0.5)
+
+
+def reference_threshold(errors: np.ndarray, target_fpr: float) -> float:
+    ranked = sorted(errors.tolist(), reverse=True)
+    return ranked[math.floor(target_fpr * len(ranked))]
+
+
+@given(errors_strategy, fpr_strategy)
+def test_achieved_rate_is_at_most_the_target(errors, target_fpr):
+    threshold = threshold_at_fpr(errors, target_fpr)
+    assert np.mean(errors > threshold) <= target_fpr
+
+
+@given(errors_strategy, fpr_strategy)
+def test_threshold_is_the_lowest_that_keeps_the_rate(errors, target_fpr):
+    """It is a held-out error, and lowering it to the next smaller one would break the rate."""
+    threshold = threshold_at_fpr(errors, target_fpr)
+    assert threshold in errors.tolist()
+    assert threshold == reference_threshold(errors, target_fpr)
+    assert np.sum(errors >= threshold) > math.floor(target_fpr * errors.size)
+
+
+@given(errors_strategy, fpr_strategy, fpr_strategy)
+def test_threshold_falls_as_the_target_rises(errors, first, second):
+    low, high = sorted((first, second))
+    assert threshold_at_fpr(errors, low) >= threshold_at_fpr(errors, high)
+
+
+@given(errors_strategy, fpr_strategy)
+def test_fewer_rows_than_one_over_target_give_the_maximum(errors, target_fpr):
+    if errors.size * target_fpr < 1:
+        assert threshold_at_fpr(errors, target_fpr) == errors.max()
+
+
+@given(
+    st.integers(1, 5).flatmap(lambda classes: st.tuples(
+        st.just(classes),
+        arrays(np.float32, st.integers(1, 300), elements=st.floats(0, 10, width=32)),
+        st.randoms(use_true_random=False),
+    )),
+    fpr_strategy,
+    st.integers(0, 80),
+)
+def test_class_thresholds_per_class_or_global(case, target_fpr, min_rows):
+    n_classes, errors, random = case
+    predicted = np.array([random.randrange(n_classes) for _ in errors], dtype=np.int64)
+    thresholds = class_thresholds(errors, predicted, n_classes, target_fpr, min_rows)
+    assert thresholds.dtype == np.float32 and thresholds.shape == (n_classes,)
+    counts = np.bincount(predicted, minlength=n_classes)
+    own = has_own_threshold(counts, min_rows)
+    np.testing.assert_array_equal(own, counts >= max(min_rows, 1))
+    global_threshold = threshold_at_fpr(errors, target_fpr)
+    for cls in range(n_classes):
+        rows = errors[predicted == cls]
+        if own[cls]:
+            assert thresholds[cls] == threshold_at_fpr(rows, target_fpr)
+            assert np.mean(rows > thresholds[cls]) <= target_fpr
+        else:
+            assert thresholds[cls] == np.float32(global_threshold)
+
+
+@given(arrays(np.float64, st.integers(1, 200), elements=st.floats(0, 10)), fpr_strategy)
+def test_float32_thresholds_never_flag_more_rows(errors, target_fpr):
+    """Thresholds round up to float32, so the model's float32 comparison keeps the rate."""
+    thresholds = class_thresholds(errors, np.zeros(errors.size, np.int64), 1, target_fpr, 1)
+    assert np.mean(errors.astype(np.float32) > thresholds[0]) <= target_fpr
+    assert thresholds[0] >= threshold_at_fpr(errors, target_fpr)
+
+
+@pytest.mark.parametrize(
+    ("errors", "target_fpr", "message"),
+    [
+        (np.array([]), 0.01, "no held-out errors"),
+        (np.array([0.1, np.nan]), 0.01, "NaN"),
+        (np.array([0.1]), 0.0, "not in"),
+        (np.array([0.1]), 1.0, "not in"),
+    ],
+)
+def test_bad_calibration_input_is_refused(errors, target_fpr, message):
+    with pytest.raises(ValueError, match=message):
+        threshold_at_fpr(errors, target_fpr)
+
+
+def test_predictions_must_match_errors_and_classes():
+    with pytest.raises(ValueError, match="predicted classes"):
+        class_thresholds(np.ones(3), np.array([0, 1]), 2, 0.01, 1)
+    with pytest.raises(ValueError, match=r"0\.\.1"):
+        class_thresholds(np.ones(2), np.array([0, 2]), 2, 0.01, 1)

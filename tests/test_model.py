@@ -1,0 +1,262 @@
+"""The model, its calibration, its export and the in-process backend, on real TensorFlow.
+
+Training data: real TLS ClientHellos written by Python's ssl module (through memory BIOs, no
+network), HTTP request lines and SSH banners; the autoencoder learns TLS only (the capstone's
+setting), the classifier learns all three.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headbits.featurizer.bits import HeadBatch, pack_heads
+from headbits.scorer.backend import (
+    INPUT_HEAD_BYTES,
+    INPUT_HEAD_LENGTHS,
+    MODEL_NAME,
+    OUTPUT_CLASSES,
+    OUTPUT_DIRECTION_ERROR,
+    OUTPUT_PROTOCOL_PROBS,
+    OUTPUT_RECONSTRUCTION_ERROR,
+    OUTPUT_THRESHOLD,
+    SIGNATURE_NAME,
+)
+from headbits.scorer.inprocess import (
+    METADATA_FILE,
+    SavedModelBackend,
+    latest_version_dir,
+    model_versions,
+)
+from headbits.trainer.export import export_model
+from headbits.trainer.model import TrainedModel, TrainingConfig, train
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ("tls", "http", "ssh")
+N = 16
+CONFIG = TrainingConfig(n=N, hidden_sizes=(64, 32), bottleneck=16, max_epochs=20, batch_size=128,
+                        patience=3, target_fpr=0.01, min_class_rows=100, seed=1)
+
+
+def tls_client_hello() -> bytes:
+    """A real ClientHello from the ssl module; its random and key share differ every call."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    connection = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="example.org")
+    with pytest.raises(ssl.SSLWantReadError):
+        connection.do_handshake()
+    return outgoing.read()
+
+
+def labelled_heads(rows_per_class: int, seed: int) -> tuple[HeadBatch, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    paths = [b"/", b"/index.html", b"/api/v1/items?id=", b"/static/app.js", b"/login"]
+    servers = [b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n", b"SSH-2.0-dropbear_2022.83\r\n"]
+    orig, resp, labels = [], [], []
+    for _ in range(rows_per_class):
+        orig.append(tls_client_hello())
+        resp.append(b"")
+        path = paths[rng.integers(len(paths))] + str(rng.integers(10**6)).encode()
+        orig.append(b"GET " + path + b" HTTP/1.1\r\nHost: example.org\r\n\r\n")
+        resp.append(b"HTTP/1.1 200 OK\r\nServer: nginx\r\n")
+        orig.append(b"SSH-2.0-OpenSSH_" + str(rng.integers(7, 10)).encode() + b".2\r\n")
+        resp.append(servers[rng.integers(len(servers))])
+        labels += [0, 1, 2]
+    return pack_heads(orig, resp, N), np.array(labels, dtype=np.int32)
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, tuple[HeadBatch, np.ndarray]]:
+    return {"train": labelled_heads(600, 1), "validation": labelled_heads(250, 2),
+            "test": labelled_heads(150, 3)}
+
+
+@pytest.fixture(scope="module")
+def trained(splits) -> TrainedModel:
+    (train_batch, train_labels), (validation, validation_labels) = (splits["train"],
+                                                                    splits["validation"])
+    return train(train_batch, train_labels, CLASSES, validation, validation_labels, CONFIG,
+                 autoencoder_rows=train_labels == 0,
+                 validation_autoencoder_rows=validation_labels == 0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    return export_model(trained, tmp_path_factory.mktemp("models"),
+                        metadata={"training": {"rows": 1800}, "metrics": {"auc": 0.5}})
+
+
+def test_training_reduces_both_losses(trained):
+    history = trained.history
+    assert history["val_reconstruction_loss"][-1] < 0.8 * history["val_reconstruction_loss"][0]
+    assert min(history["val_classifier_loss"]) < 0.1 * history["val_classifier_loss"][0]
+    assert len(history["loss"]) <= CONFIG.max_epochs
+
+
+def test_classifier_separates_the_protocols(trained, splits):
+    batch, labels = splits["test"]
+    predicted = np.argmax(trained.score(batch).protocol_probs, axis=1)
+    assert np.mean(predicted == labels) > 0.97
+
+
+def test_autoencoder_learns_only_the_normal_rows(trained, splits):
+    """Learned on TLS alone, it reconstructs held-out TLS much better than HTTP or SSH."""
+    batch, labels = splits["test"]
+    errors = trained.score(batch).reconstruction_error
+    assert np.median(errors[labels == 1]) > 3 * np.median(errors[labels == 0])
+    assert np.median(errors[labels == 2]) > 3 * np.median(errors[labels == 0])
+
+
+def test_errors_are_masked_means_per_direction(trained, splits):
+    batch, _ = splits["test"]
+    scores = trained.score(batch)
+    seen_bits = 8 * batch.head_lengths.astype(np.float64)
+    assert np.all(scores.direction_error[seen_bits == 0] == 0)
+    combined = (scores.direction_error * seen_bits).sum(axis=1) / seen_bits.sum(axis=1)
+    np.testing.assert_allclose(scores.reconstruction_error, combined, rtol=1e-5, atol=1e-7)
+
+
+def test_absent_bytes_do_not_change_any_output(trained, splits):
+    """Bytes beyond a direction's length are absent: whatever they hold, the scores are equal."""
+    batch, _ = splits["test"]
+    lengths = batch.head_lengths.copy()
+    lengths[:, 1] = np.minimum(lengths[:, 1], 3)
+    clean = HeadBatch(batch.head_bytes.copy(), lengths)
+    clean.head_bytes[:, N + 3 :] = 0
+    dirty = HeadBatch(clean.head_bytes.copy(), lengths)
+    dirty.head_bytes[:, N + 3 :] = 0xFF
+    first, second = trained.score(clean), trained.score(dirty)
+    np.testing.assert_array_equal(first.reconstruction_error, second.reconstruction_error)
+    np.testing.assert_array_equal(first.protocol_probs, second.protocol_probs)
+
+
+def test_threshold_is_the_predicted_class_threshold(trained, splits):
+    batch, _ = splits["test"]
+    scores = trained.score(batch)
+    predicted = np.argmax(scores.protocol_probs, axis=1)
+    np.testing.assert_array_equal(scores.threshold, trained.thresholds[predicted])
+
+
+def test_calibrated_rate_holds_on_the_calibration_rows(trained, splits):
+    validation, labels = splits["validation"]
+    normal = validation.select(labels == 0)
+    scores = trained.score(normal)
+    assert trained.own_class_threshold[0]  # 250 held-out TLS rows >= min_class_rows
+    assert np.mean(scores.is_anomalous()) <= CONFIG.target_fpr
+    assert trained.global_threshold >= 0
+    # Classes without enough normal held-out rows fall back to the global threshold.
+    fallback = ~trained.own_class_threshold
+    assert np.all(trained.thresholds[fallback] == np.float32(trained.global_threshold))
+
+
+def test_saved_model_scores_exactly_like_the_trained_model(trained, exported, splits):
+    batch, _ = splits["test"]
+    expected = trained.score(batch)
+    backend = SavedModelBackend(exported)
+    actual = backend.score(batch)
+    backend.close()
+    for name in ("reconstruction_error", "direction_error", "protocol_probs", "threshold"):
+        assert np.max(np.abs(getattr(actual, name) - getattr(expected, name))) <= 1e-6, name
+    assert actual.model.version == 1 and expected.model.version == 0
+    assert actual.model.classes == CLASSES and actual.model.n == N
+
+
+def test_signature_is_exactly_the_contract(exported):
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(exported)).signatures[SIGNATURE_NAME]
+    inputs = signature.structured_input_signature[1]
+    assert set(inputs) == {INPUT_HEAD_BYTES, INPUT_HEAD_LENGTHS}
+    assert inputs[INPUT_HEAD_BYTES].dtype == tf.uint8
+    assert inputs[INPUT_HEAD_BYTES].shape.as_list() == [None, 2 * N]
+    assert inputs[INPUT_HEAD_LENGTHS].dtype == tf.int32
+    assert inputs[INPUT_HEAD_LENGTHS].shape.as_list() == [None, 2]
+    outputs = signature.structured_outputs
+    expected = {
+        OUTPUT_RECONSTRUCTION_ERROR: (tf.float32, [None]),
+        OUTPUT_DIRECTION_ERROR: (tf.float32, [None, 2]),
+        OUTPUT_PROTOCOL_PROBS: (tf.float32, [None, len(CLASSES)]),
+        OUTPUT_THRESHOLD: (tf.float32, [None]),
+        OUTPUT_CLASSES: (tf.string, [len(CLASSES)]),
+    }
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in outputs.items()} == expected
+
+
+def test_wider_heads_are_truncated_and_narrower_ones_refused(exported):
+    backend = SavedModelBackend(exported)
+    rng = np.random.default_rng(5)
+    orig = [rng.bytes(int(k)) for k in rng.integers(0, 65, 300)]
+    resp = [rng.bytes(int(k)) for k in rng.integers(0, 65, 300)]
+    wide = backend.score(pack_heads(orig, resp, 64))
+    narrow = backend.score(pack_heads(orig, resp, N))
+    np.testing.assert_array_equal(wide.reconstruction_error, narrow.reconstruction_error)
+    np.testing.assert_array_equal(wide.protocol_probs, narrow.protocol_probs)
+    with pytest.raises(ValueError, match="narrower"):
+        backend.score(pack_heads(orig, resp, 8))
+    empty = backend.score(pack_heads([], [], N))
+    assert empty.reconstruction_error.shape == (0,)
+    assert empty.protocol_probs.shape == (0, len(CLASSES))
+
+
+def test_scores_do_not_depend_on_chunking(exported, splits):
+    batch, _ = splits["test"]
+    whole = SavedModelBackend(exported).score(batch)
+    chunked = SavedModelBackend(exported, chunk_rows=97).score(batch)
+    np.testing.assert_allclose(chunked.reconstruction_error, whole.reconstruction_error,
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_metadata_describes_the_version(trained, exported):
+    document = json.loads((exported / METADATA_FILE).read_text())
+    assert document["model"] == MODEL_NAME and document["version"] == 1
+    assert document["n"] == N and document["classes"] == list(CLASSES)
+    per_class = document["thresholds"]["per_class"]
+    assert [per_class[c] for c in CLASSES] == trained.thresholds.tolist()
+    assert document["thresholds"]["global"] == trained.global_threshold
+    assert document["target_fpr"] == CONFIG.target_fpr
+    assert document["training"] == {"rows": 1800} and document["metrics"] == {"auc": 0.5}
+    assert document["architecture"]["encoder"] == [64, 32, 16]
+    assert document["headbits_version"] and document["epochs_run"] >= 1
+    assert datetime.fromisoformat(document["created"]).tzinfo is not None
+
+
+def test_versions_count_up_and_never_overwrite(trained, tmp_path):
+    first = export_model(trained, tmp_path)
+    assert first == tmp_path / MODEL_NAME / "1"
+    assert export_model(trained, tmp_path, version=7).name == "7"
+    assert export_model(trained, tmp_path).name == "8"
+    assert latest_version_dir(tmp_path) == tmp_path / MODEL_NAME / "8"
+    with pytest.raises(FileExistsError):
+        export_model(trained, tmp_path, version=7)
+    with pytest.raises(ValueError, match="reserved"):
+        export_model(trained, tmp_path, metadata={"classes": ["x"]})
+    assert model_versions(tmp_path) == [1, 7, 8]
+
+
+def test_a_failed_export_leaves_nothing_behind(trained, tmp_path):
+    """The version directory appears whole or not at all (TF Serving polls the folder)."""
+    with pytest.raises(TypeError):
+        export_model(trained, tmp_path, metadata={"unserialisable": object()})
+    assert list((tmp_path / MODEL_NAME).iterdir()) == []
+    with pytest.raises(FileNotFoundError):
+        latest_version_dir(tmp_path)
+
+
+def test_bad_training_input_is_refused(splits):
+    batch, labels = splits["validation"]
+    with pytest.raises(ValueError, match="class indices"):
+        train(batch, labels + 1, CLASSES, batch, labels, CONFIG, progress=False)
+    with pytest.raises(ValueError, match="one value per row"):
+        train(batch, labels[:-1], CLASSES, batch, labels, CONFIG, progress=False)
+    with pytest.raises(ValueError, match="narrower"):
+        train(batch.truncate(8), labels, CLASSES, batch, labels, CONFIG, progress=False)
+    with pytest.raises(ValueError, match="not supported"):
+        TrainingConfig(n=12)
