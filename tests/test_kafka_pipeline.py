@@ -55,7 +55,7 @@ def model_version_dir(tmp_path_factory, capture_heads) -> Path:
     classes = tuple(sorted(set(labels)))
     indices = np.array([classes.index(label) for label in labels])
     batch = pack_heads([h.orig_head for h in heads], [h.resp_head for h in heads], 64)
-    config = TrainingConfig(n=MODEL_N, max_epochs=3, target_fpr=0.1, min_class_rows=20,
+    config = TrainingConfig(n=MODEL_N, max_epochs=3, target_fpr=0.1, min_threshold_rows=20,
                             hidden_sizes=(64, 32), bottleneck=16)
     trained = train(batch, indices, classes, batch, indices, config, progress=False)
     return export_model(trained, tmp_path_factory.mktemp("models"), version=1)
@@ -99,7 +99,7 @@ def test_replayed_capture_is_scored_exactly_as_offline(
                             "--write-scores", "true")
     featurizer.wait_started()
     scorer.wait_started()
-    collector = ServiceProcess("collector", topics.env, tmp_path,
+    collector = ServiceProcess("collector", topics.env, tmp_path, "--source", "replay",
                                "--captures", ",".join(map(str, paths)))
     assert collector.process.wait(60) == 0, collector.log_path.read_text()[-2000:]
 

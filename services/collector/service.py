@@ -1,8 +1,11 @@
 """Run the collector service: PayloadHeads from a source -> headbits.heads.v1.
 
-The source here is the pcap replay (`--source replay --captures a.pcap,b.pcapng`), as fast as
-possible or at `--replay-rate` connections per second; Zeek's WebSocket and Broker sources plug
-into the same Source seam. Heads are produced keyed by uid (idempotent, compressed, batched);
+Sources, one file each behind the Source seam: Zeek's WebSocket API (`--source websocket
+--websocket-url ws://sensor:27759/v1/messages/json`, the default), Broker's native peering
+(`--source broker --broker-address sensor:9999`), pcap replay (`--source replay --captures
+a.pcap,b.pcapng`) and Avro heads files (`--source heads-file`), the last two as fast as possible
+or at `--replay-rate` connections per second. One collector serves one sensor. Heads are
+produced keyed by uid (idempotent, compressed, batched);
 events a source could not parse, and heads that break the contract, go to
 headbits.deadletter.v1 with their origin and reason. Progress is logged every few seconds. A
 finite source ends the service (exit 0) once every head is acknowledged; SIGTERM flushes first.
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headbits.collector.sources.base import EndOfSource, Rejected, Source
+from headbits.collector.zeek_event import DEFAULT_TOPIC
 from headbits.common.logs import fields
 from headbits.common.records import InvalidRecord, PayloadHead
 from headbits.common.service import DeadLetter, Runtime, ServiceSettings
@@ -31,14 +35,29 @@ PROGRESS_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class CollectorSettings(ServiceSettings):
-    source: str = setting("replay", "where heads come from: replay or heads-file")
+    source: str = setting("websocket", "where heads come from: websocket, broker, replay or "
+                                       "heads-file")
+    websocket_url: str | None = setting(
+        None, "websocket: Zeek's WebSocket API, ws[s]://sensor:27759/v1/messages/json")
+    broker_address: str | None = setting(None, "broker: host:port of Zeek's Broker listener")
+    zeek_topic: str = setting(DEFAULT_TOPIC, "websocket/broker: topic the Zeek package uses")
+    tls_ca_file: str | None = setting(None, "websocket/broker: CA certificate of the sensor")
+    tls_cert_file: str | None = setting(None, "websocket/broker: client certificate")
+    tls_key_file: str | None = setting(None, "websocket/broker: client private key")
+    tls_verify: bool = setting(True, "websocket: verify the sensor's certificate (wss://)")
+    broker_disable_tls: bool = setting(False, "broker: plain Broker (Broker::disable_ssl = T)")
     captures: tuple[Path, ...] = setting((), "replay: pcap/pcapng files, a,b,...")
     heads_files: tuple[Path, ...] = setting((), "heads-file: Avro heads files, a,b,...")
     replay_rate: float | None = setting(None, "replay: connections per second (unset: max)")
-    sensor: str | None = setting(None, "sensor name stamped on heads (default: the capture's)")
+    sensor: str | None = setting(
+        None, "sensor name stamped on heads (default: the capture's, or the sensor's host)")
 
 
 def make_source(settings: CollectorSettings) -> Source:
+    if settings.source == "websocket":
+        return _websocket_source(settings)
+    if settings.source == "broker":
+        return _broker_source(settings)
     if settings.source == "replay":
         if not settings.captures:
             raise SettingsError("--captures (HEADBITS_CAPTURES) is required with --source replay")
@@ -53,7 +72,38 @@ def make_source(settings: CollectorSettings) -> Source:
         from headbits.collector.sources.headsfile import HeadsFileSource
 
         return HeadsFileSource(list(settings.heads_files), rate=settings.replay_rate)
-    raise SettingsError(f"source {settings.source!r} is not known (replay, heads-file)")
+    raise SettingsError(
+        f"source {settings.source!r} is not known (websocket, broker, replay, heads-file)")
+
+
+def _websocket_source(settings: CollectorSettings) -> Source:
+    from urllib.parse import urlsplit
+
+    from headbits.collector.sources.websocket import WebSocketSource, client_ssl_context
+
+    if not settings.websocket_url:
+        raise SettingsError(
+            "--websocket-url (HEADBITS_WEBSOCKET_URL) is required with --source websocket")
+    url = urlsplit(settings.websocket_url)
+    context = None
+    if url.scheme == "wss":
+        context = client_ssl_context(settings.tls_ca_file, settings.tls_verify,
+                                     settings.tls_cert_file, settings.tls_key_file)
+    return WebSocketSource(settings.websocket_url, settings.sensor or url.hostname or "zeek",
+                           topics=(settings.zeek_topic,), ssl_context=context)
+
+
+def _broker_source(settings: CollectorSettings) -> Source:
+    from headbits.collector.sources.broker import BrokerSource, BrokerTLS
+
+    host, _, port = (settings.broker_address or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError(
+            "--broker-address (HEADBITS_BROKER_ADDRESS) host:port is required with --source broker")
+    tls = BrokerTLS(disable=settings.broker_disable_tls, ca_file=settings.tls_ca_file or "",
+                    certificate=settings.tls_cert_file or "", key=settings.tls_key_file or "")
+    return BrokerSource(host, int(port), settings.sensor or host, topics=(settings.zeek_topic,),
+                        tls=tls)
 
 
 def split_items(items: list) -> tuple[list[PayloadHead], list[DeadLetter]]:

@@ -1,0 +1,195 @@
+"""Collector sources into Kafka: events/s over WebSocket and native Broker, and peak RSS.
+
+Each sensor stand-in (the JSON v1 replay server, a Broker endpoint) runs in its own process and
+sends generated heads; this process reads them through the real source and produces them as Avro
+to a real Kafka (the project's development broker, started here) in batches, as the collector
+does. The stall run points the producer at a Kafka that is not there, so the source's bounded
+queue and the producer's bounded buffer are all that hold events; RSS must stay flat.
+Usage: python bench/collector.py [--events N]. The last line is a JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import time
+
+from headbits.collector.sources.base import Rejected
+from headbits.collector.zeek_event import DEFAULT_TOPIC, encode_event
+from headbits.common.records import PayloadHead
+
+TOPIC = "headbits.heads.v1"
+
+
+def make_heads(count: int) -> list[PayloadHead]:
+    return [
+        PayloadHead(
+            uid=f"C{i:016d}", ts=1.7e9 + i / 1000, sensor="bench", orig_h="10.1.2.3",
+            orig_p=1024 + i % 60000, resp_h="10.9.8.7", resp_p=443, transport="tcp",
+            services=("ssl",), orig_head=bytes((i + j) % 256 for j in range(64)),
+            resp_head=bytes((7 * i + j) % 256 for j in range(64)), orig_bytes_seen=517,
+            resp_bytes_seen=1400, orig_gap=False, resp_gap=False,
+        )
+        for i in range(count)
+    ]
+
+
+def websocket_sensor(count: int, ready) -> None:
+    from headbits.collector.replay import WebSocketReplayServer, data_messages
+
+    async def main() -> None:
+        server = WebSocketReplayServer(data_messages(make_heads(count), DEFAULT_TOPIC))
+        listener = await server.serve("127.0.0.1", 0)
+        ready.put(listener.sockets[0].getsockname()[1])
+        await listener.serve_forever()
+
+    asyncio.run(main())
+
+
+def broker_sensor(count: int, ready) -> None:
+    import broker
+
+    from headbits.collector.sources.broker import BrokerTLS, from_typed, make_endpoint
+
+    endpoint = make_endpoint(BrokerTLS(disable=True))
+    ready.put(endpoint.listen("127.0.0.1", 0))
+    events = [broker.Data(from_typed(encode_event(head))) for head in make_heads(count)]
+    while not any(str(t) == DEFAULT_TOPIC for t in endpoint.peer_subscriptions()):
+        time.sleep(0.05)
+    for event in events:
+        endpoint.publish(DEFAULT_TOPIC, event)
+    time.sleep(3600)
+
+
+# Spawned, not forked: a fork would copy the running Broker (CAF) and librdkafka threads' state.
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def start_sensor(target, count: int) -> tuple[multiprocessing.Process, int]:
+    ready = SPAWN.Queue()
+    process = SPAWN.Process(target=target, args=(count, ready), daemon=True)
+    process.start()
+    return process, ready.get(timeout=600)
+
+
+def pump(source, producer, codec, count: int, timeout: float) -> tuple[int, float]:
+    """Source -> Avro -> Kafka in batches until `count` heads were produced and acknowledged.
+
+    Without a producer it only reads and decodes: the source's own ceiling.
+    """
+    produced = 0
+    started = None
+    deadline = time.monotonic() + timeout
+    while produced < count and time.monotonic() < deadline:
+        items = source.read(5000, 0.2)
+        if items and started is None:
+            started = time.perf_counter()
+        heads = [item for item in items if not isinstance(item, Rejected)]
+        if producer is None:
+            produced += len(heads)
+        elif heads:
+            values = codec.encode_many(head.to_dict() for head in heads)
+            producer.produce_many(TOPIC, values, [head.uid for head in heads], codec.headers)
+            produced += len(heads)
+    if producer is not None:
+        producer.flush(120)
+    return produced, time.perf_counter() - (started or time.perf_counter())
+
+
+def measure(kind: str, count: int, bootstrap: str | None) -> dict:
+    from headbits.collector.sources.broker import BrokerSource, BrokerTLS
+    from headbits.collector.sources.websocket import WebSocketSource
+    from headbits.common.avro import ValueCodec
+    from headbits.common.kafka import KafkaSettings, Producer
+
+    target = websocket_sensor if kind == "websocket" else broker_sensor
+    process, port = start_sensor(target, count)
+    if kind == "websocket":
+        source = WebSocketSource(f"ws://127.0.0.1:{port}/v1/messages/json", "bench")
+    else:
+        source = BrokerSource("127.0.0.1", port, "bench", tls=BrokerTLS(disable=True))
+    producer = Producer(KafkaSettings(bootstrap_servers=bootstrap)) if bootstrap else None
+    codec = ValueCodec("payload_head", TOPIC)
+    try:
+        produced, seconds = pump(source, producer, codec, count, timeout=600)
+    finally:
+        source.close()
+        process.terminate()
+    rate = produced / seconds if seconds else 0.0
+    where = "into Kafka" if bootstrap else "read and decoded (no Kafka)"
+    label = f"{kind}_to_kafka" if bootstrap else f"{kind}_source_only"
+    print(f"{kind}: {produced}/{count} heads {where} in {seconds:.2f} s = {rate:,.0f} events/s")
+    return {f"{label}_events_per_s": round(rate), f"{label}_delivered": produced}
+
+
+def stall_rss(count: int, results, buffer_kbytes: int | None = None) -> None:
+    """WebSocket source + producer to an absent Kafka: the sensor must be held back, RSS flat.
+
+    Runs in its own spawned process so that its peak RSS is the stalled collector's alone.
+    """
+    from headbits.collector.sources.websocket import WebSocketSource
+    from headbits.common.avro import ValueCodec
+    from headbits.common.kafka import KafkaSettings, Producer
+
+    process, port = start_sensor(websocket_sensor, count)
+    source = WebSocketSource(f"ws://127.0.0.1:{port}/v1/messages/json", "bench")
+    overrides: dict = {"message.timeout.ms": 600_000}
+    if buffer_kbytes:
+        overrides["queue.buffering.max.kbytes"] = buffer_kbytes
+    producer = Producer(KafkaSettings(bootstrap_servers="127.0.0.1:1"), **overrides)
+    codec = ValueCodec("payload_head", TOPIC)
+    accepted = 0
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            heads = [i for i in source.read(5000, 0.2) if not isinstance(i, Rejected)]
+            values = codec.encode_many(head.to_dict() for head in heads)
+            producer.produce_many(TOPIC, values, [head.uid for head in heads], codec.headers)
+            accepted += len(heads)
+    finally:
+        source.close()
+        process.terminate()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"stall: sensor offered {count} heads; {accepted} accepted in 20 s while Kafka was "
+          f"absent; peak RSS {peak:.0f} MB")
+    label = f"stall_buffer_{buffer_kbytes}kb" if buffer_kbytes else "stall"
+    results.put({f"{label}_offered": count, f"{label}_heads_accepted": accepted,
+                 f"{label}_peak_rss_mb": round(peak)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--stall-buffer-kbytes", type=int, default=32_768,
+                        help="librdkafka buffer of the second stall run (the first: defaults)")
+    args = parser.parse_args()
+    from headbits.common import devkafka
+
+    figures: dict = {"events": args.events, "cpus": os.cpu_count(),
+                     "load_average_1min": os.getloadavg()[0]}
+    figures |= measure("websocket", args.events, None)
+    figures |= measure("broker", min(args.events, 100_000), None)
+    from headbits.common.kafka import KafkaSettings, ensure_topics
+
+    kafka = devkafka.start()
+    try:
+        ensure_topics(KafkaSettings(bootstrap_servers=kafka.bootstrap_servers), [TOPIC])
+        figures |= measure("websocket", args.events, kafka.bootstrap_servers)
+        figures |= measure("broker", min(args.events, 100_000), kafka.bootstrap_servers)
+    finally:
+        kafka.stop()
+    for buffer_kbytes in (None, args.stall_buffer_kbytes):
+        results = SPAWN.Queue()
+        stalled = SPAWN.Process(target=stall_rss, args=(600_000, results, buffer_kbytes))
+        stalled.start()
+        figures |= results.get(timeout=900)
+        stalled.join()
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

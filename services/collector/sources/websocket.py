@@ -1,0 +1,265 @@
+"""Source: Zeek's WebSocket API (JSON v1 at `/v1/messages/json`), the default sensor link.
+
+A reader thread owns the socket: it connects, sends the topic array, waits for the `ack`, then
+turns every text frame into a PayloadHead or a Rejected and hands them over in batches through a
+bounded queue. When the queue is full the thread stops reading the socket, so a stalled Kafka
+fills TCP windows instead of memory (Zeek then drops or disconnects the slow client by its own
+policy; the source reconnects with exponential backoff). `error` messages from the server are
+logged and counted. Frames are parsed with the `websockets` Sans-I/O protocol over a plain
+socket: one `recv` yields a batch of frames without a task switch per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Sequence
+
+import orjson
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidURI, WebSocketException
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from headbits.collector.sources.base import EndOfSource, Rejected, Source, SourceItem
+from headbits.collector.sources.handoff import BoundedHandoff
+from headbits.collector.zeek_event import DEFAULT_TOPIC, EventError, decode_event
+
+LOG = logging.getLogger(__name__)
+
+MESSAGES_PATH = "/v1/messages/json"
+_RECV_BYTES = 1 << 18
+
+
+class HandshakeError(ConnectionError):
+    """The server refused the WebSocket upgrade or answered the topic array with an error."""
+
+
+def client_ssl_context(
+    ca_file: str | None = None,
+    verify: bool = True,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> ssl.SSLContext:
+    """TLS settings for `wss://` URLs: CA bundle, optional client certificate."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+class WebSocketSource(Source):
+    """PayloadHeads from one Zeek WebSocket server; `sensor` names that Zeek in every head."""
+
+    def __init__(
+        self,
+        url: str,
+        sensor: str,
+        *,
+        topics: Sequence[str] = (DEFAULT_TOPIC,),
+        capacity: int = 50_000,
+        ssl_context: ssl.SSLContext | None = None,
+        reconnect_initial: float = 0.5,
+        reconnect_max: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_message_bytes: int = 1 << 20,
+    ) -> None:
+        try:
+            self._uri = parse_uri(url)
+        except InvalidURI as error:
+            raise ValueError(f"WebSocket URL {url!r}: {error}") from None
+        if self._uri.path != MESSAGES_PATH:
+            LOG.warning("WebSocket URL path %s is not %s", self._uri.path, MESSAGES_PATH)
+        self.url = url
+        self.sensor = sensor
+        self.topics = tuple(topics)
+        self._ssl_context = ssl_context or (client_ssl_context() if self._uri.secure else None)
+        self._reconnect = (reconnect_initial, reconnect_max)
+        self._connect_timeout = connect_timeout
+        self._max_message_bytes = max_message_bytes
+        self._handoff: BoundedHandoff[SourceItem] = BoundedHandoff(capacity)
+        self._stop = threading.Event()
+        self._socket: socket.socket | None = None
+        self.counts = {"messages": 0, "heads": 0, "rejected": 0, "server_errors": 0,
+                       "connections": 0, "lost_on_close": 0}
+        self._thread = threading.Thread(target=self._run, name="websocket-source", daemon=True)
+        self._thread.start()
+
+    def read(self, max_items: int, timeout: float) -> list[SourceItem]:
+        items = self._handoff.take(max_items, timeout)
+        if not items and self._stop.is_set():
+            raise EndOfSource(f"WebSocket source {self.url} is closed")
+        return items
+
+    def close(self) -> None:
+        self._stop.set()
+        self._handoff.close()
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        delay = self._reconnect[0]
+        while not self._stop.is_set():
+            try:
+                with self._connect() as sock:
+                    self._socket = sock
+                    protocol = self._handshake(sock)
+                    delay = self._reconnect[0]
+                    self._stream(sock, protocol)
+            except (OSError, WebSocketException, HandshakeError) as error:
+                if self._stop.is_set():
+                    break
+                LOG.warning("WebSocket %s: %s; reconnecting in %.1f s", self.url, error, delay)
+            finally:
+                self._socket = None
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, self._reconnect[1])
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self._uri.host, self._uri.port), self._connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl_context is not None:
+            sock = self._ssl_context.wrap_socket(sock, server_hostname=self._uri.host)
+        return sock
+
+    def _handshake(self, sock: socket.socket) -> ClientProtocol:
+        """Upgrade, send the topic array, wait for the ack; raise with the server's error."""
+        protocol = ClientProtocol(self._uri, max_size=self._max_message_bytes)
+        protocol.send_request(protocol.connect())
+        _flush(sock, protocol)
+        pending: list[tuple[bool, bytes]] = []
+        partial: list[bytes] = []
+        while True:
+            events = _receive(sock, protocol)
+            if events and isinstance(events[0], Response):
+                if protocol.handshake_exc is not None:
+                    raise HandshakeError(f"upgrade refused: {protocol.handshake_exc}")
+                pending = _messages(events[1:], partial)
+                break
+        protocol.send_text(orjson.dumps(list(self.topics)))
+        _flush(sock, protocol)
+        while not pending:
+            pending = _messages(_receive(sock, protocol), partial)
+        reply = _json_object(pending[0][1])
+        if reply.get("type") == "error":
+            self.counts["server_errors"] += 1
+            raise HandshakeError(f"server error {reply.get('code')}: {reply.get('context')}")
+        if reply.get("type") != "ack":
+            raise HandshakeError(f"expected an ack, got {pending[0][1][:200]!r}")
+        self.counts["connections"] += 1
+        LOG.info("WebSocket %s: subscribed to %s at endpoint %s (version %s)", self.url,
+                 list(self.topics), reply.get("endpoint"), reply.get("version"))
+        sock.settimeout(0.5)
+        self._deliver(pending[1:])
+        return protocol
+
+    def _stream(self, sock: socket.socket, protocol: ClientProtocol) -> None:
+        partial: list[bytes] = []
+        while not self._stop.is_set():
+            try:
+                events = _receive(sock, protocol)
+            except TimeoutError:
+                continue
+            self._deliver(_messages(events, partial))
+            _flush(sock, protocol)
+            if protocol.close_expected() or protocol.state is State.CLOSED:
+                raise ConnectionError(f"server closed the connection ({protocol.close_code})")
+
+    def _deliver(self, messages: list[tuple[bool, bytes]]) -> None:
+        items: list[SourceItem] = []
+        for is_text, message in messages:
+            self.counts["messages"] += 1
+            item = self._decode(message) if is_text else self._reject(
+                message, "binary frame: JSON v1 carries text frames only",
+                f"websocket {self.url} message {self.counts['messages']}")
+            if item is not None:
+                items.append(item)
+        if items and not self._handoff.put(items):
+            self.counts["lost_on_close"] += len(items)
+
+    def _decode(self, message: bytes) -> SourceItem | None:
+        origin = f"websocket {self.url} message {self.counts['messages']}"
+        try:
+            parsed = orjson.loads(message)
+        except orjson.JSONDecodeError as error:
+            return self._reject(message, f"not JSON: {error}", origin)
+        if not isinstance(parsed, dict):
+            return self._reject(message, "message is not a JSON object", origin)
+        kind = parsed.get("type")
+        if kind == "data-message":
+            try:
+                head = decode_event(parsed, self.sensor)
+            except EventError as error:
+                return self._reject(message, str(error), origin)
+            self.counts["heads"] += 1
+            return head
+        if kind == "error":
+            self.counts["server_errors"] += 1
+            LOG.error("WebSocket %s: server error %s: %s", self.url, parsed.get("code"),
+                      parsed.get("context"))
+            return None
+        return self._reject(message, f"unexpected message type {kind!r}", origin)
+
+    def _reject(self, message: bytes, reason: str, origin: str) -> Rejected:
+        self.counts["rejected"] += 1
+        return Rejected(raw=message, reason=reason, origin=origin)
+
+
+def _receive(sock: socket.socket, protocol: ClientProtocol) -> list:
+    data = sock.recv(_RECV_BYTES)
+    if data:
+        protocol.receive_data(data)
+    else:
+        protocol.receive_eof()
+    events = protocol.events_received()
+    if not data and not events:
+        raise ConnectionError("server closed the connection")
+    return events
+
+
+def _flush(sock: socket.socket, protocol: ClientProtocol) -> None:
+    """Send what the protocol queued: the upgrade request, the topics, pongs, close replies."""
+    outgoing = protocol.data_to_send()
+    if outgoing:
+        sock.sendall(b"".join(outgoing))
+
+
+def _messages(events: list, partial: list[bytes]) -> list[tuple[bool, bytes]]:
+    """Complete (is_text, data) messages among frames; fragments wait in `partial` for the rest.
+
+    Binary messages are returned too (flagged) so that they are rejected, not silently skipped.
+    """
+    messages = []
+    for frame in events:
+        starts = frame.opcode in (Opcode.TEXT, Opcode.BINARY)
+        if starts or (frame.opcode is Opcode.CONT and partial):
+            if starts:
+                partial.clear()
+                partial.append(b"T" if frame.opcode is Opcode.TEXT else b"B")
+            partial.append(frame.data)
+            if frame.fin:
+                messages.append((partial[0] == b"T", b"".join(partial[1:])))
+                partial.clear()
+    return messages
+
+
+def _json_object(message: bytes) -> dict:
+    try:
+        parsed = orjson.loads(message)
+    except orjson.JSONDecodeError as error:
+        raise HandshakeError(f"handshake reply is not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise HandshakeError(f"handshake reply is not a JSON object: {message[:200]!r}")
+    return parsed

@@ -1,0 +1,215 @@
+"""The `HeadBits::payload_head` event: its argument list, decoded to and encoded from PayloadHead.
+
+Both collector sources (WebSocket and native Broker) and the replay publisher go through this
+module, so the wire format is written down exactly once. Values are handled in Broker's JSON v1
+form, `{"@data-type": T, "data": V}`: the WebSocket source gets them straight from `orjson`, the
+native Broker source converts Broker's values into the same shape (`sources/broker.py`).
+
+An event is the vector `[count 1 (format), count 1 (type: event), [string name, vector args,
+vector metadata (optional)]]`. The arguments, in order (zeek/README.md documents the same list):
+
+    0  uid         string        Zeek's connection uid
+    1  id          vector        conn_id record: [address orig_h, port orig_p, address resp_h,
+                                 port resp_p, ...]; newer Zeek appends fields (proto, ctx),
+                                 which are ignored
+    2  transport   enum-value    "tcp" or "udp"; must match the ports' protocol
+    3  services    set[string]   Zeek's detected services so far, may be empty
+    4  orig_head   string        base64 of the originator's first bytes (at most MAX_HEAD_BYTES)
+    5  resp_head   string        base64 of the responder's first bytes
+    6  orig_seen   count         payload bytes seen from the originator
+    7  resp_seen   count         payload bytes seen from the responder
+    8  orig_gap    boolean       the originator's head stopped at a gap or missed the stream start
+    9  resp_gap    boolean
+    10 ts          real          connection start, seconds since the epoch
+
+`ts` is a `real` (the script sends `time_to_double(c$start_time)`) because Broker's JSON writer
+renders `time` values in the sensor's local time zone at millisecond resolution.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from headbits.common.records import MAX_HEAD_BYTES, InvalidRecord, PayloadHead
+
+EVENT_NAME = "HeadBits::payload_head"
+DEFAULT_TOPIC = "headbits/heads"
+EVENT_FORMAT = 1
+EVENT_TYPE = 1
+
+ARGUMENTS: tuple[tuple[str, str], ...] = (
+    ("uid", "string"),
+    ("id", "vector"),
+    ("transport", "enum-value"),
+    ("services", "set"),
+    ("orig_head", "string"),
+    ("resp_head", "string"),
+    ("orig_seen", "count"),
+    ("resp_seen", "count"),
+    ("orig_gap", "boolean"),
+    ("resp_gap", "boolean"),
+    ("ts", "real"),
+)
+"""(name, Broker data type) of each argument, in order."""
+
+_MAX_BASE64_CHARS = 4 * ((MAX_HEAD_BYTES + 2) // 3)
+
+# Python types a typed value's `data` may have, per Broker data type.
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "enum-value": (str,),
+    "address": (str,),
+    "port": (str,),
+    "count": (int,),
+    "boolean": (bool,),
+    "real": (float, int),
+    "vector": (list,),
+    "set": (list,),
+}
+
+
+class EventError(ValueError):
+    """An event that is not a well-formed HeadBits::payload_head; the message says why."""
+
+
+def _data(value: Any, kind: str, what: str) -> Any:
+    """The `data` of a typed value after checking its Broker type and its JSON type."""
+    try:
+        actual = value["@data-type"]
+        data = value["data"]
+    except (TypeError, KeyError):
+        raise EventError(f"{what} is not a typed value {{'@data-type', 'data'}}") from None
+    if actual != kind:
+        raise EventError(f"{what} has type {actual!r}, expected {kind!r}")
+    if not isinstance(data, _PYTHON_TYPES[kind]) or (isinstance(data, bool) and kind != "boolean"):
+        raise EventError(f"{what} ({kind}) holds {type(data).__name__} {data!r:.40}")
+    if kind == "count" and data < 0:
+        raise EventError(f"{what} is a negative count {data}")
+    return data
+
+
+def _port(value: Any, what: str) -> tuple[int, str]:
+    text = _data(value, "port", what)
+    number, _, proto = text.partition("/")
+    if not number.isdigit() or not proto or int(number) > 65535:
+        raise EventError(f"{what} {text!r} is not '<0..65535>/<proto>'")
+    return int(number), proto
+
+
+def _head(value: Any, what: str) -> bytes:
+    text = _data(value, "string", what)
+    if len(text) > _MAX_BASE64_CHARS:
+        raise EventError(f"{what} has {len(text)} base64 characters, over {MAX_HEAD_BYTES} bytes")
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError) as error:
+        raise EventError(f"{what} is not valid base64: {error}") from None
+
+
+def decode_arguments(args: Sequence[Any], sensor: str) -> PayloadHead:
+    """PayloadHead from the event's typed argument list, or EventError naming the bad argument."""
+    if len(args) != len(ARGUMENTS):
+        raise EventError(f"{EVENT_NAME} has {len(args)} arguments, expected {len(ARGUMENTS)}")
+    uid = _data(args[0], "string", "argument uid")
+    conn_id = _data(args[1], "vector", "argument id")
+    if len(conn_id) < 4:
+        raise EventError(f"argument id has {len(conn_id)} fields, expected at least 4")
+    orig_h = _data(conn_id[0], "address", "id.orig_h")
+    orig_p, orig_proto = _port(conn_id[1], "id.orig_p")
+    resp_h = _data(conn_id[2], "address", "id.resp_h")
+    resp_p, resp_proto = _port(conn_id[3], "id.resp_p")
+    transport = _data(args[2], "enum-value", "argument transport")
+    if not orig_proto == resp_proto == transport:
+        raise EventError(
+            f"transport {transport!r} does not match the ports {orig_proto!r}/{resp_proto!r}"
+        )
+    services = tuple(
+        sorted(_data(item, "string", "a service") for item in _data(args[3], "set", "services"))
+    )
+    head = PayloadHead(
+        uid=uid,
+        ts=float(_data(args[10], "real", "argument ts")),
+        sensor=sensor,
+        orig_h=orig_h,
+        orig_p=orig_p,
+        resp_h=resp_h,
+        resp_p=resp_p,
+        transport=transport,
+        services=services,
+        orig_head=_head(args[4], "argument orig_head"),
+        resp_head=_head(args[5], "argument resp_head"),
+        orig_bytes_seen=_data(args[6], "count", "argument orig_seen"),
+        resp_bytes_seen=_data(args[7], "count", "argument resp_seen"),
+        orig_gap=_data(args[8], "boolean", "argument orig_gap"),
+        resp_gap=_data(args[9], "boolean", "argument resp_gap"),
+    )
+    try:
+        return head.validate()
+    except InvalidRecord as error:
+        raise EventError(str(error)) from None
+
+
+def decode_event(event: Any, sensor: str) -> PayloadHead:
+    """PayloadHead from a typed event vector (a data message's own `@data-type`/`data` pair)."""
+    items = _data(event, "vector", "message data")
+    if len(items) < 3:
+        raise EventError(f"event vector has {len(items)} items, expected [format, type, body]")
+    if _data(items[0], "count", "event format") != EVENT_FORMAT:
+        raise EventError(f"event format {items[0]['data']} is not {EVENT_FORMAT}")
+    if _data(items[1], "count", "message type") != EVENT_TYPE:
+        raise EventError(f"message type {items[1]['data']} is not an event ({EVENT_TYPE})")
+    body = _data(items[2], "vector", "event body")
+    if len(body) < 2:
+        raise EventError(f"event body has {len(body)} items, expected [name, args, metadata]")
+    name = _data(body[0], "string", "event name")
+    if name != EVENT_NAME:
+        raise EventError(f"event {name!r} is not {EVENT_NAME}")
+    return decode_arguments(_data(body[1], "vector", "event arguments"), sensor)
+
+
+def _typed(kind: str, data: Any) -> dict:
+    return {"@data-type": kind, "data": data}
+
+
+def encode_event(head: PayloadHead) -> dict:
+    """The typed event vector the Zeek script publishes for `head` (inverse of decode_event)."""
+    transport = head.transport
+    args = [
+        _typed("string", head.uid),
+        _typed(
+            "vector",
+            [
+                _typed("address", head.orig_h),
+                _typed("port", f"{head.orig_p}/{transport}"),
+                _typed("address", head.resp_h),
+                _typed("port", f"{head.resp_p}/{transport}"),
+            ],
+        ),
+        _typed("enum-value", transport),
+        _typed("set", [_typed("string", service) for service in head.services]),
+        _typed("string", binascii.b2a_base64(head.orig_head, newline=False).decode()),
+        _typed("string", binascii.b2a_base64(head.resp_head, newline=False).decode()),
+        _typed("count", head.orig_bytes_seen),
+        _typed("count", head.resp_bytes_seen),
+        _typed("boolean", head.orig_gap),
+        _typed("boolean", head.resp_gap),
+        _typed("real", head.ts),
+    ]
+    return _typed(
+        "vector",
+        [
+            _typed("count", EVENT_FORMAT),
+            _typed("count", EVENT_TYPE),
+            _typed("vector", [_typed("string", EVENT_NAME), _typed("vector", args),
+                              _typed("vector", [])]),
+        ],
+    )
+
+
+def encode_data_message(head: PayloadHead, topic: str = DEFAULT_TOPIC) -> bytes:
+    """The JSON v1 `data-message` text a Zeek WebSocket server sends for `head`."""
+    return orjson.dumps({"type": "data-message", "topic": topic, **encode_event(head)})
