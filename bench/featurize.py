@@ -125,7 +125,7 @@ def inference_figures(orig: list[bytes], resp: list[bytes], seed: int) -> dict[s
     batch = pack_heads(orig[: 3 * BATCH_ROWS], resp[: 3 * BATCH_ROWS], INFERENCE_N)
     labels = (batch.head_bytes[:, 0] % 2).astype(np.int32)
     config = TrainingConfig(n=INFERENCE_N, hidden_sizes=(64, 32), bottleneck=16, max_epochs=2,
-                            min_class_rows=100, seed=seed)
+                            min_threshold_rows=100, seed=seed)
     trained = train(batch.select(slice(0, 2 * BATCH_ROWS)), labels[: 2 * BATCH_ROWS], ("a", "b"),
                     batch.select(slice(2 * BATCH_ROWS, None)), labels[2 * BATCH_ROWS :], config,
                     progress=False)

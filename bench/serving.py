@@ -52,7 +52,7 @@ def export_models(base: Path) -> tuple[Path, int]:
     from headbits.trainer.export import export_model
     from headbits.trainer.model import TrainingConfig, train
 
-    config = TrainingConfig(n=16, max_epochs=1, target_fpr=0.01, min_class_rows=50)
+    config = TrainingConfig(n=16, max_epochs=1, target_fpr=0.01, min_threshold_rows=50)
     heads, labels = synthetic_heads(4000, 0)
     validation, validation_labels = synthetic_heads(1000, 1)
     trained = train(heads, labels, ("http", "ssh", "tls"), validation, validation_labels, config,

@@ -40,7 +40,7 @@ def _trained(version: int):
     n, seed = VERSIONS[version]
     config = TrainingConfig(
         n=n, hidden_sizes=(32, 16), bottleneck=8, max_epochs=2, batch_size=128, patience=1,
-        target_fpr=0.05, min_class_rows=10, seed=seed,
+        target_fpr=0.05, min_threshold_rows=10, seed=seed,
     )
     heads, labels = labelled_heads(600, seed)
     validation, validation_labels = labelled_heads(300, seed + 100)

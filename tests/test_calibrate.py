@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from headbits.trainer.calibrate import class_thresholds, has_own_threshold, threshold_at_fpr
+from headbits.trainer.calibrate import (
+    bit_weights,
+    class_thresholds,
+    has_own_threshold,
+    threshold_at_fpr,
+)
 
 # Few distinct values, so ties (common for errors of identical heads) are exercised.
 errors_strategy = arrays(
@@ -107,3 +112,25 @@ def test_predictions_must_match_errors_and_classes():
         class_thresholds(np.ones(3), np.array([0, 1]), 2, 0.01, 1)
     with pytest.raises(ValueError, match=r"0\.\.1"):
         class_thresholds(np.ones(2), np.array([0, 2]), 2, 0.01, 1)
+
+
+def test_bit_weights_run_from_fixed_to_coin_toss():
+    """Loss 0 (always predicted) weighs 1, ln 2 (a fair coin) or worse weighs 0, unseen weighs 1."""
+    rows = np.array([10.0, 10.0, 10.0, 10.0, 0.0])
+    losses = np.array([0.0, 0.5 * math.log(2), math.log(2), 3.0, 0.0]) * rows
+    np.testing.assert_allclose(bit_weights(losses, rows), [1.0, 0.5, 0.0, 0.0, 1.0], atol=1e-6)
+    assert bit_weights(losses, rows).dtype == np.float32
+
+
+@given(arrays(np.float64, 16, elements=st.floats(0, 50)), arrays(np.int64, 16,
+                                                                 elements=st.integers(0, 100)))
+def test_bit_weights_lie_in_the_unit_interval(losses, counts):
+    weights = bit_weights(losses, counts)
+    assert np.all((weights >= 0) & (weights <= 1))
+
+
+def test_bad_bit_weight_input_is_refused():
+    with pytest.raises(ValueError, match="loss sums"):
+        bit_weights(np.ones(3), np.ones(2))
+    with pytest.raises(ValueError, match="non-negative"):
+        bit_weights(-np.ones(2), np.ones(2))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headbits.featurizer.bits import HeadBatch, pack_heads
+from headbits.featurizer.bits import HeadBatch, model_inputs, pack_heads
 from headbits.scorer.backend import (
     INPUT_HEAD_BYTES,
     INPUT_HEAD_LENGTHS,
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 CLASSES = ("tls", "http", "ssh")
 N = 16
 CONFIG = TrainingConfig(n=N, hidden_sizes=(64, 32), bottleneck=16, max_epochs=20, batch_size=128,
-                        patience=3, target_fpr=0.01, min_class_rows=100, seed=1)
+                        patience=3, target_fpr=0.01, min_threshold_rows=100, seed=1)
 
 
 def tls_client_hello() -> bytes:
@@ -115,13 +115,31 @@ def test_autoencoder_learns_only_the_normal_rows(trained, splits):
     assert np.median(errors[labels == 2]) > 3 * np.median(errors[labels == 0])
 
 
-def test_errors_are_masked_means_per_direction(trained, splits):
+def test_errors_are_weighted_masked_means_per_direction(trained, splits):
     batch, _ = splits["test"]
     scores = trained.score(batch)
-    seen_bits = 8 * batch.head_lengths.astype(np.float64)
-    assert np.all(scores.direction_error[seen_bits == 0] == 0)
-    combined = (scores.direction_error * seen_bits).sum(axis=1) / seen_bits.sum(axis=1)
-    np.testing.assert_allclose(scores.reconstruction_error, combined, rtol=1e-5, atol=1e-7)
+    _, mask = model_inputs(batch)
+    weight_seen = (mask * trained.bit_weights).reshape(len(batch), 2, 8 * N).sum(axis=2)
+    assert np.all(scores.direction_error[batch.head_lengths == 0] == 0)
+    combined = (scores.direction_error * weight_seen).sum(axis=1) / weight_seen.sum(axis=1)
+    np.testing.assert_allclose(scores.reconstruction_error, combined, rtol=1e-5, atol=1e-6)
+
+
+def test_nonce_bits_weigh_less_than_the_record_header(trained):
+    """The ClientHello's random (bytes 11 on) is noise in normal traffic; its header is fixed."""
+    byte_weights = trained.bit_weights.reshape(-1, 8).mean(axis=1)
+    assert byte_weights[:3].min() > 0.9  # 16 03 01: handshake record, TLS 1.0 record version
+    assert byte_weights[11:N].max() < 0.3
+
+
+def test_classes_output_is_batch_major(trained, splits):
+    batch, _ = splits["test"]
+    rows = batch.select(slice(0, 3))
+    classes = trained.graph.serve(head_bytes=rows.head_bytes,
+                                  head_lengths=rows.head_lengths.astype(np.int32))["classes"]
+    assert classes.shape == (3, len(CLASSES))
+    for row in classes.numpy():
+        assert tuple(name.decode() for name in row) == CLASSES
 
 
 def test_absent_bytes_do_not_change_any_output(trained, splits):
@@ -149,7 +167,7 @@ def test_calibrated_rate_holds_on_the_calibration_rows(trained, splits):
     validation, labels = splits["validation"]
     normal = validation.select(labels == 0)
     scores = trained.score(normal)
-    assert trained.own_class_threshold[0]  # 250 held-out TLS rows >= min_class_rows
+    assert trained.own_class_threshold[0]  # 250 held-out TLS rows >= min_threshold_rows
     assert np.mean(scores.is_anomalous()) <= CONFIG.target_fpr
     assert trained.global_threshold >= 0
     # Classes without enough normal held-out rows fall back to the global threshold.
@@ -185,7 +203,7 @@ def test_signature_is_exactly_the_contract(exported):
         OUTPUT_DIRECTION_ERROR: (tf.float32, [None, 2]),
         OUTPUT_PROTOCOL_PROBS: (tf.float32, [None, len(CLASSES)]),
         OUTPUT_THRESHOLD: (tf.float32, [None]),
-        OUTPUT_CLASSES: (tf.string, [len(CLASSES)]),
+        OUTPUT_CLASSES: (tf.string, [None, len(CLASSES)]),
     }
     assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in outputs.items()} == expected
 

@@ -24,7 +24,7 @@ OUTPUT_RECONSTRUCTION_ERROR = "reconstruction_error"  # float32 [batch]
 OUTPUT_DIRECTION_ERROR = "direction_error"  # float32 [batch, 2]
 OUTPUT_PROTOCOL_PROBS = "protocol_probs"  # float32 [batch, C]
 OUTPUT_THRESHOLD = "threshold"  # float32 [batch]: threshold for the row's predicted class
-OUTPUT_CLASSES = "classes"  # string [C]: class names in protocol_probs order
+OUTPUT_CLASSES = "classes"  # string [batch, C]: class names in protocol_probs order, every row
 
 
 @dataclass(frozen=True, slots=True)

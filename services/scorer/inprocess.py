@@ -125,10 +125,10 @@ class SavedModelBackend(ScoringBackend):
 
     def _check_against_metadata(self, version_dir: Path) -> None:
         width = self._serve.structured_input_signature[1][INPUT_HEAD_BYTES].shape[1]
-        classes = self._serve(**{
-            INPUT_HEAD_BYTES: tf.zeros([0, width], tf.uint8),
-            INPUT_HEAD_LENGTHS: tf.zeros([0, 2], tf.int32),
-        })[OUTPUT_CLASSES].numpy()
+        classes = self._serve(**{  # [batch, C], every row the same: one row is enough
+            INPUT_HEAD_BYTES: tf.zeros([1, width], tf.uint8),
+            INPUT_HEAD_LENGTHS: tf.zeros([1, 2], tf.int32),
+        })[OUTPUT_CLASSES].numpy()[0]
         graph_classes = tuple(c.decode("utf-8") for c in classes)
         if width != 2 * self._info.n or graph_classes != self._info.classes:
             raise ValueError(

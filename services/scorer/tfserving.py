@@ -52,8 +52,9 @@ from headbits.scorer.backend import (
     ScoringBackend,
 )
 
-# Batch-major outputs only: TF Serving's batching splits every fetched output along dimension 0,
-# so the per-model `classes` [C] is fetched once, on its own, by `info()`.
+# What scoring fetches. `classes` [batch, C] is batch-major too (TF Serving's batching splits every
+# fetched output along dimension 0), but it repeats the same names in every row, so `info()`
+# fetches it once, for one row, instead of shipping it with every batch.
 SCORE_OUTPUTS = (
     OUTPUT_RECONSTRUCTION_ERROR,
     OUTPUT_DIRECTION_ERROR,
@@ -277,21 +278,25 @@ class TFServingBackend(ScoringBackend):
         self._set_spec(metadata_request.model_spec)
         metadata = self._call(self._predictions.GetModelMetadata, metadata_request)
         version = metadata.model_spec.version.value
-        n, class_count = self._signature_shape(metadata, version)
+        n = self._signature_n(metadata, version)
 
         # The classes of *that* version, asked for by number so a label moving now cannot mix
-        # one version's classes with another's N. The request has as many rows as there are
-        # classes: TF Serving's batching (batching_session.cc) insists that every fetched output
-        # has the batch's row count, and `classes` has C rows.
-        rows = max(class_count, 1)
+        # one version's classes with another's N. `classes` is [batch, C] with the same names in
+        # every row: a one-row request, row 0.
         classes_request = self.predict_request(
-            HeadBatch(np.zeros((rows, 2 * n), np.uint8), np.zeros((rows, 2), np.int32)),
+            HeadBatch(np.zeros((1, 2 * n), np.uint8), np.zeros((1, 2), np.int32)),
             outputs=(OUTPUT_CLASSES,),
         )
         classes_request.model_spec.ClearField("version_label")
         classes_request.model_spec.version.value = version
         response = self._call(self._predictions.Predict, classes_request)
-        classes = tuple(c.decode() for c in tensor_array(response.outputs[OUTPUT_CLASSES]))
+        names = tensor_array(response.outputs[OUTPUT_CLASSES])
+        if names.ndim != 2 or len(names) != 1:
+            raise BackendUnavailable(
+                f"{self.model_name} version {version}: {OUTPUT_CLASSES} must be string "
+                f"[batch, C], one row was asked for and {list(names.shape)} came back"
+            )
+        classes = tuple(c.decode() for c in names[0])
         info = ModelInfo(self.model_name, version, n, classes)
         with self._info_lock:
             self._info = info
@@ -335,8 +340,8 @@ class TFServingBackend(ScoringBackend):
         )
         return request
 
-    def _signature_shape(self, metadata, version: int) -> tuple[int, int]:
-        """N from the head_bytes input [batch, 2N]; C from the classes output [C] (0: unknown)."""
+    def _signature_n(self, metadata, version: int) -> int:
+        """N from the head_bytes input [batch, 2N]."""
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         metadata.metadata["signature_def"].Unpack(signature_map)
         signature = signature_map.signature_def.get(SIGNATURE_NAME)
@@ -353,9 +358,7 @@ class TFServingBackend(ScoringBackend):
                 f"[batch, 2N], the signature says {types_pb2.DataType.Name(head_bytes.dtype)} "
                 f"{dims}"
             )
-        classes = signature.outputs.get(OUTPUT_CLASSES)
-        class_dims = [dim.size for dim in classes.tensor_shape.dim] if classes else []
-        return dims[1] // 2, max(class_dims[0], 0) if len(class_dims) == 1 else 0
+        return dims[1] // 2
 
     def _scores(self, response, info: ModelInfo, rows: int) -> Scores:
         outputs = {name: tensor_array(response.outputs[name]) for name in SCORE_OUTPUTS}

@@ -63,3 +63,22 @@ def _float32_at_least(values: np.ndarray) -> np.ndarray:
     """Round up to float32, so that the model's float32 comparison flags no extra held-out row."""
     rounded = values.astype(np.float32)
     return np.where(rounded < values, np.nextafter(rounded, np.float32(np.inf)), rounded)
+
+
+def bit_weights(loss_sums: np.ndarray, seen_counts: np.ndarray) -> np.ndarray:
+    """float32 [bits]: how predictable each bit is in normal traffic, 1 (always) to 0 (a coin).
+
+    `w = clip(1 - mean loss / ln 2, 0, 1)`: a bit the model predicts no better than a fair coin
+    (a nonce, a transaction id, a length) carries no evidence about the protocol, so its error
+    should not count towards an anomaly score. A bit normal traffic never showed keeps weight 1:
+    nothing in normal traffic says it may be anything.
+    """
+    loss_sums = np.asarray(loss_sums, dtype=np.float64)
+    seen_counts = np.asarray(seen_counts, dtype=np.float64)
+    if loss_sums.shape != seen_counts.shape:
+        raise ValueError(f"{loss_sums.shape} loss sums but {seen_counts.shape} counts")
+    if np.any(seen_counts < 0) or np.any(loss_sums < 0):
+        raise ValueError("loss sums and seen counts must be non-negative")
+    mean_loss = np.divide(loss_sums, seen_counts, out=np.zeros_like(loss_sums),
+                          where=seen_counts > 0)
+    return np.clip(1.0 - mean_loss / math.log(2.0), 0.0, 1.0).astype(np.float32)

@@ -5,12 +5,14 @@ the captures of the other folds (its autoencoder learns only the --baseline prot
 capstone) and scores the captures it never saw. From the pooled held-out scores it reports, per
 N: the AUROC of baseline vs each other protocol with a bootstrap interval over files, next to the
 "fraction of 1-bits" detector that any real detector must beat; the classifier's macro-F1 and
-confusion matrix; error histograms and ROC curves as PNG; one Markdown report.
+confusion matrix, next to a plain linear softmax on bits + mask trained on the same split (the
+reference the classifier must beat); error histograms and ROC curves as PNG; one Markdown report.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -23,8 +25,10 @@ from tqdm import tqdm
 from headbits.common.protocols import UNKNOWN
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 from headbits.featurizer.bits import ones_fraction
+from headbits.scorer.backend import Scores
 from headbits.trainer import dataset, metrics, report
 from headbits.trainer.dataset import OTHER, LabelledHeads
+from headbits.trainer.reference import train_linear_reference
 from headbits.trainer.train import TrainSettings, add_data_arguments, fit, load_training_data
 
 MIN_PAIR_ROWS = 10
@@ -52,6 +56,23 @@ class HeldOutScores:
     truth_class: np.ndarray
     ones: np.ndarray
     classes_per_fold: list[tuple[str, ...]] = field(default_factory=list)
+    linear_predicted: np.ndarray | None = None  # the linear reference's classes, same rows
+    alert_margin: np.ndarray | None = None  # the scorer's alert rule as a score, see below
+
+
+def alert_margin(scores: Scores, claimed: str) -> np.ndarray:
+    """float [B]: how far each row is past the scorer's alert rule for a flow claiming `claimed`.
+
+    The scorer alerts when error > threshold or when another protocol is more probable than the
+    claimed one; max(error / threshold, max other probability / claimed probability) exceeds 1
+    exactly when it alerts, so its AUROC measures the whole detector, not the autoencoder alone.
+    """
+    claimed_index = scores.model.classes.index(claimed)
+    probs = scores.protocol_probs.astype(np.float64)
+    others = np.delete(probs, claimed_index, axis=1).max(axis=1)
+    mismatch = others / np.maximum(probs[:, claimed_index], 1e-12)
+    anomaly = scores.reconstruction_error / np.maximum(scores.threshold, 1e-12)
+    return np.maximum(anomaly, mismatch)
 
 
 def cross_validate(
@@ -61,7 +82,9 @@ def cross_validate(
     fold_of_row = dataset.group_fold(evaluated.groups, settings.folds, settings.seed)
     errors = np.full(len(evaluated), np.nan, dtype=np.float32)
     predicted = np.empty(len(evaluated), dtype=object)
+    linear_predicted = np.empty(len(evaluated), dtype=object)
     truth = np.empty(len(evaluated), dtype=object)
+    margins = np.full(len(evaluated), np.nan, dtype=np.float64)
     classes_per_fold = []
     train_settings = TrainSettings(
         n=n, baseline=(settings.baseline,), min_class_rows=settings.min_class_rows,
@@ -71,21 +94,34 @@ def cross_validate(
         held_out = np.flatnonzero(fold_of_row == fold)
         training = LabelledHeads().extend(train_only).extend(
             evaluated.subset(np.flatnonzero(fold_of_row != fold)))
-        trained, _, _ = fit(training, train_settings, progress=False)
+        trained, train_rows, validation_rows = fit(training, train_settings, progress=False)
         test = evaluated.subset(held_out)
         scores = trained.score(test.batch(n))
         errors[held_out] = scores.reconstruction_error
         predicted[held_out] = scores.predicted_protocols()
+        margins[held_out] = alert_margin(scores, settings.baseline)
         classes = tuple(trained.classes)
+        linear = train_linear_reference(
+            train_rows.batch(n), dataset.class_indices(train_rows.labels, classes), len(classes),
+            validation_rows.batch(n), dataset.class_indices(validation_rows.labels, classes),
+            trained.config)
+        linear_predicted[held_out] = [classes[i] for i in linear.predict(test.batch(n))]
         truth[held_out] = [label if label in classes else OTHER for label in test.labels]
         classes_per_fold.append(classes)
     return HeldOutScores(evaluated, errors, predicted, truth,
-                         ones_fraction(evaluated.batch(n)), classes_per_fold)
+                         ones_fraction(evaluated.batch(n)), classes_per_fold, linear_predicted,
+                         margins)
 
 
 def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int) -> list[dict]:
-    """One row per protocol with enough held-out rows: AUROC vs the baseline, and the 1-bit one."""
+    """One row per protocol with enough held-out rows: AUROC vs the baseline, and the 1-bit one.
+
+    Every labelled flow counts; the `*_gap_free` figures repeat them on the flows whose heads
+    start at the stream start of both directions (no gap flag), because capture snippets that
+    begin mid-stream show bytes no opening-bytes model can judge.
+    """
     labels = scores.data.label_array()
+    gap_free = np.array([not (h.orig_gap or h.resp_gap) for h in scores.data.heads], dtype=bool)
     groups = np.array(scores.data.groups, dtype=object)
     sources = np.array(scores.data.label_sources, dtype=object)
     is_baseline = labels == baseline
@@ -96,13 +132,17 @@ def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int
         members = np.flatnonzero(is_baseline | (labels == protocol))
         positive = labels[members] == protocol
 
-        def model_auroc(picked: np.ndarray, members=members, positive=positive) -> float:
-            errors = scores.reconstruction_error[members][picked]
-            return metrics.auroc(errors[~positive[picked]], errors[positive[picked]])
+        def model_auroc(picked: np.ndarray, members=members, positive=positive,
+                        values=scores.reconstruction_error) -> float:
+            chosen = values[members][picked]
+            return metrics.auroc(chosen[~positive[picked]], chosen[positive[picked]])
 
         everything = np.arange(len(members))
         ones = scores.ones[members]
         ones_auroc = metrics.auroc(ones[~positive], ones[positive])
+        complete = np.flatnonzero(gap_free[members])
+        complete_ones = metrics.auroc(ones[complete][~positive[complete]],
+                                      ones[complete][positive[complete]])
         low, high = metrics.bootstrap_interval(groups[members], model_auroc, repetitions, seed)
         rows.append({
             "protocol": protocol,
@@ -112,6 +152,11 @@ def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int
             "auroc_low": low,
             "auroc_high": high,
             "ones_fraction_auroc": max(ones_auroc, 1 - ones_auroc),
+            "rows_gap_free": int(positive[complete].sum()),
+            "auroc_gap_free": model_auroc(complete),
+            "ones_fraction_auroc_gap_free": max(complete_ones, 1 - complete_ones),
+            "alert_auroc": model_auroc(everything, values=scores.alert_margin),
+            "alert_auroc_gap_free": model_auroc(complete, values=scores.alert_margin),
             "label_sources": dict(Counter(sources[labels == protocol]).most_common()),
         })
     return rows
@@ -157,6 +202,8 @@ def evaluate(
         scores = cross_validate(train_only, evaluated, n, settings, progress)
         pairs = pair_table(scores, settings.baseline, settings.bootstrap, settings.seed)
         classifier = classifier_summary(scores)
+        linear = classifier_summary(dataclasses.replace(scores, predicted=scores.linear_predicted))
+        classifier["linear_reference_macro_f1"] = linear["macro_f1"]
         results["by_n"][str(n)] = {"pairs": pairs, "classifier": classifier}
         report.plot_error_histograms(scores.data.label_array(), scores.reconstruction_error,
                                      settings.baseline, settings.out_dir / f"errors_n{n}.png", n)

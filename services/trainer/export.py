@@ -75,7 +75,10 @@ def describe(trained: TrainedModel, version: int, extra: dict) -> dict:
             "calibration_rows": _by_class(trained, trained.calibration_rows.tolist()),
         },
         "target_fpr": config.target_fpr,
-        "min_class_rows": config.min_class_rows,
+        "min_threshold_rows": config.min_threshold_rows,
+        # Mean bit weight per byte position (orig bytes, then resp): 0 where normal traffic is
+        # noise (nonces, ids), 1 where it is fixed.
+        "byte_weights": trained.bit_weights.reshape(-1, 8).mean(axis=1).round(3).tolist(),
         "architecture": trained.architecture(),
         "config": {**vars(config), "hidden_sizes": list(config.encoder_sizes),
                    "bottleneck": config.code_size},

@@ -1,11 +1,12 @@
-"""The headbits model: a bit-level autoencoder and a protocol classifier on one shared encoder.
+"""The headbits model: a bit-level autoencoder and a protocol classifier, side by side.
 
 The capstone's layer stack (dense, relu, bottleneck) with what its evaluation showed it lacked:
 packed bytes are unpacked inside the graph and paired with a validity mask (so "absent" differs
 from a NUL byte), the decoder ends in a sigmoid and is trained with bit-wise cross-entropy over
 seen bits only, and early stopping on held-back captures keeps it from memorising the noise
 (nonces, ids) that follows a protocol's fixed opening. The classifier head names the protocol a
-head looks like, so an alert can say "looks like SSH, port says HTTPS".
+head looks like, so an alert can say "looks like SSH, port says HTTPS". Reconstruction errors
+weigh each bit by how predictable it is in held-out normal traffic, so noise does not count.
 
 The autoencoder learns only the rows flagged normal (`autoencoder_rows`); the classifier learns
 all rows. Thresholds come from `calibrate.py` on the validation split's normal rows.
@@ -39,7 +40,12 @@ from headbits.scorer.backend import (
     Scores,
 )
 from headbits.scorer.inprocess import heads_for_model, score_in_chunks
-from headbits.trainer.calibrate import class_thresholds, has_own_threshold, threshold_at_fpr
+from headbits.trainer.calibrate import (
+    bit_weights,
+    class_thresholds,
+    has_own_threshold,
+    threshold_at_fpr,
+)
 
 # Small dense layers gain nothing from many threads, and the machine is shared with the services.
 TENSORFLOW_THREADS = min(2, os.cpu_count() or 1)
@@ -64,7 +70,7 @@ class TrainingConfig:
     `target_fpr` defaults to 0.001: at one alert per thousand normal connections a sensor seeing a
     million connections a day yields about a thousand alerts, the most a triage queue absorbs; a
     smaller rate cannot be measured on held-out sets of the usual size (below `1/target_fpr` rows
-    the threshold is simply the largest held-out error). `min_class_rows` defaults to
+    the threshold is simply the largest held-out error). `min_threshold_rows` defaults to
     `1/target_fpr` for the same reason: with fewer rows a class's own threshold would only be the
     maximum of a handful of rows, so it takes the global one.
     """
@@ -78,8 +84,12 @@ class TrainingConfig:
     min_improvement: float = 1e-3  # smaller drops of the validation loss do not count as progress
     learning_rate: float = 1e-3
     target_fpr: float = 0.001
-    min_class_rows: int = 1000
+    min_threshold_rows: int = 1000
     classifier_weight: float = 1.0
+    classifier_hidden: int = 0  # the classifier branch's width; 0 scales with N: 8N
+    classifier_dropout: float = 0.2
+    class_balance: float = 0.5  # class weights are (mean count / class count) ** class_balance
+    weight_bits: bool = True  # weigh each bit's error by how predictable normal traffic makes it
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,9 +100,12 @@ class TrainingConfig:
             raise ValueError("max_epochs, batch_size and patience must be positive")
         if not 0.0 < self.target_fpr < 1.0:
             raise ValueError(f"target_fpr {self.target_fpr} is not in (0, 1)")
-        if self.learning_rate <= 0 or min(self.classifier_weight, self.min_improvement) < 0:
-            raise ValueError("learning_rate must be positive, classifier_weight and "
-                             "min_improvement >= 0")
+        if self.learning_rate <= 0 or min(self.classifier_weight, self.min_improvement,
+                                          self.class_balance, self.classifier_hidden) < 0:
+            raise ValueError("learning_rate must be positive, classifier_weight, "
+                             "min_improvement, class_balance and classifier_hidden >= 0")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout {self.classifier_dropout} is not in [0, 1)")
 
     @property
     def encoder_sizes(self) -> tuple[int, ...]:
@@ -101,6 +114,10 @@ class TrainingConfig:
     @property
     def code_size(self) -> int:
         return self.bottleneck or 2 * self.n
+
+    @property
+    def classifier_size(self) -> int:
+        return self.classifier_hidden or 8 * self.n
 
 
 def unpack_heads(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int) -> tuple[tf.Tensor, ...]:
@@ -135,7 +152,12 @@ def row_errors(losses: tf.Tensor, mask: tf.Tensor, n: int) -> tuple[tf.Tensor, t
 
 class HeadbitsNetwork(keras.Model):
     """[bits*mask, mask] -> relu encoder -> relu code -> relu decoder -> 16N logits (sigmoid),
-    and code -> C class logits (softmax). Trained with a masked BCE + weighted sparse CE."""
+    and, in a branch of its own, [bits*mask, mask] -> relu -> dropout -> C class logits.
+
+    The classifier does not hang off the bottleneck: the bottleneck is shaped by the normal
+    traffic alone (often one protocol), which leaves it blind to what tells the others apart.
+    Trained with a masked BCE on normal rows + weighted, class-balanced sparse CE on all rows.
+    """
 
     def __init__(self, config: TrainingConfig, n_classes: int, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -148,6 +170,8 @@ class HeadbitsNetwork(keras.Model):
         self.decoder = [dense(size, activation="relu", name=f"decoder_{i}")
                         for i, size in enumerate(reversed(config.encoder_sizes))]
         self.bit_logits = dense(16 * config.n, name="bit_logits")
+        self.classifier = dense(config.classifier_size, activation="relu", name="classifier")
+        self.classifier_dropout = keras.layers.Dropout(config.classifier_dropout)
         self.class_logits = dense(n_classes, name="class_logits")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
@@ -157,28 +181,31 @@ class HeadbitsNetwork(keras.Model):
         """(head_bytes, head_lengths) -> (bits, mask, bit logits, class logits)."""
         head_bytes, head_lengths = inputs
         bits, mask = unpack_heads(head_bytes, head_lengths, self.n)
-        hidden = tf.concat([bits, mask], axis=1)
+        features = tf.concat([bits, mask], axis=1)
+        hidden = features
         for layer in self.encoder:
             hidden = layer(hidden)
-        code = self.code(hidden)
-        hidden = code
+        hidden = self.code(hidden)
         for layer in self.decoder:
             hidden = layer(hidden)
-        return bits, mask, self.bit_logits(hidden), self.class_logits(code)
+        classes = self.classifier_dropout(self.classifier(features), training=training)
+        return bits, mask, self.bit_logits(hidden), self.class_logits(classes)
 
     @property
     def metrics(self):
         return [self.loss_tracker, self.reconstruction_tracker, self.classifier_tracker]
 
     def _step_loss(self, data, training: bool) -> tf.Tensor:
-        (head_bytes, head_lengths), (labels, autoencoder_rows) = data
+        (head_bytes, head_lengths), (labels, autoencoder_rows, class_weights) = data
         bits, mask, bit_logits, class_logits = self((head_bytes, head_lengths), training=training)
         normal_mask = mask * tf.cast(autoencoder_rows, tf.float32)[:, None]
         reconstruction = tf.math.divide_no_nan(
             tf.reduce_sum(bit_losses(bits, normal_mask, bit_logits)), tf.reduce_sum(normal_mask)
         )
-        classifier = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.cast(labels, tf.int32), logits=class_logits))
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(labels, tf.int32), logits=class_logits)
+        classifier = tf.math.divide_no_nan(tf.reduce_sum(cross_entropy * class_weights),
+                                           tf.reduce_sum(class_weights))
         total = reconstruction + self.classifier_weight * classifier
         self.loss_tracker.update_state(total)
         self.reconstruction_tracker.update_state(reconstruction)
@@ -198,32 +225,58 @@ class HeadbitsNetwork(keras.Model):
 
 
 class ScoringGraph(tf.Module):
-    """What gets exported: packed heads in, errors, class probabilities and thresholds out."""
+    """What gets exported: packed heads in, errors, class probabilities and thresholds out.
+
+    Errors are means of the bit-wise loss weighted by `bit_weights` (see `calibrate.bit_weights`),
+    so the bits that are noise even in normal traffic (nonces, ids) do not drown the signal.
+    """
 
     def __init__(self, network: HeadbitsNetwork, classes: Sequence[str]) -> None:
         super().__init__(name=MODEL_NAME)
         self.network = network
         self.class_names = tf.constant(list(classes), tf.string)
-        # Filled by calibration after training; a variable, so it is saved with the weights.
+        # Filled after training; variables, so they are saved with the weights.
         self.thresholds = tf.Variable(tf.zeros([len(classes)], tf.float32), trainable=False)
+        self.bit_weights = tf.Variable(tf.ones([16 * network.n], tf.float32), trainable=False)
         n = network.n
         self.serve = tf.function(self._serve, input_signature=[
             tf.TensorSpec([None, 2 * n], tf.uint8, name=INPUT_HEAD_BYTES),
             tf.TensorSpec([None, 2], tf.int32, name=INPUT_HEAD_LENGTHS),
         ])
+        self.bit_loss_sums = tf.function(self._bit_loss_sums, input_signature=[
+            tf.TensorSpec([None, 2 * n], tf.uint8), tf.TensorSpec([None, 2], tf.int32),
+        ])
 
     def _serve(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> dict[str, tf.Tensor]:
         bits, mask, bit_logits, class_logits = self.network((head_bytes, head_lengths))
-        error, direction_error = row_errors(bit_losses(bits, mask, bit_logits), mask,
-                                            self.network.n)
+        weighted_mask = mask * self.bit_weights[None, :]
+        error, direction_error = row_errors(bit_losses(bits, weighted_mask, bit_logits),
+                                            weighted_mask, self.network.n)
         probs = tf.nn.softmax(class_logits, axis=1)
         return {
             OUTPUT_RECONSTRUCTION_ERROR: error,
             OUTPUT_DIRECTION_ERROR: direction_error,
             OUTPUT_PROTOCOL_PROBS: probs,
             OUTPUT_THRESHOLD: tf.gather(self.thresholds, tf.argmax(probs, axis=1)),
-            OUTPUT_CLASSES: self.class_names,
+            # Batch-major like every output, so TF Serving's batching can split it: [batch, C].
+            OUTPUT_CLASSES: tf.tile(self.class_names[None, :], [tf.shape(head_bytes)[0], 1]),
         }
+
+    def _bit_loss_sums(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> tf.Tensor:
+        """[2, 16N]: per bit, the summed unweighted loss and how many rows saw it."""
+        bits, mask, bit_logits, _ = self.network((head_bytes, head_lengths))
+        return tf.stack([tf.reduce_sum(bit_losses(bits, mask, bit_logits), axis=0),
+                         tf.reduce_sum(mask, axis=0)])
+
+    def fit_bit_weights(self, batch: HeadBatch) -> np.ndarray:
+        """Set `bit_weights` from the per-bit losses on `batch` (normal rows), and return them."""
+        totals = np.zeros((2, 16 * self.network.n))
+        for start in range(0, len(batch), VALIDATION_BATCH_ROWS):
+            part = batch.select(slice(start, start + VALIDATION_BATCH_ROWS))
+            totals += self.bit_loss_sums(part.head_bytes, part.head_lengths.astype(np.int32))
+        weights = bit_weights(totals[0], totals[1])
+        self.bit_weights.assign(weights)
+        return weights
 
 
 @dataclass(eq=False)
@@ -231,7 +284,7 @@ class TrainedModel:
     """A trained, calibrated model in memory; `export.export_model` writes it as a version.
 
     `thresholds[c]` applies to rows predicted as class c; `calibration_rows[c]` is how many
-    held-out normal rows were predicted as c (classes below `config.min_class_rows` use the
+    held-out normal rows were predicted as c (classes below `config.min_threshold_rows` use the
     global threshold).
     """
 
@@ -240,6 +293,7 @@ class TrainedModel:
     thresholds: np.ndarray
     global_threshold: float
     calibration_rows: np.ndarray
+    bit_weights: np.ndarray
     history: dict[str, list[float]]
     graph: ScoringGraph
 
@@ -250,7 +304,7 @@ class TrainedModel:
     @property
     def own_class_threshold(self) -> np.ndarray:
         """bool [C]: classes calibrated on their own rows (the others use the global threshold)."""
-        return has_own_threshold(self.calibration_rows, self.config.min_class_rows)
+        return has_own_threshold(self.calibration_rows, self.config.min_threshold_rows)
 
     def architecture(self) -> dict:
         sizes = self.config.encoder_sizes
@@ -259,8 +313,14 @@ class TrainedModel:
             "encoder": [*sizes, self.config.code_size],
             "decoder": [*reversed(sizes), 16 * self.config.n],
             "activations": "relu; sigmoid bit output; softmax classes",
-            "classifier": f"dense softmax over {len(self.classes)} classes on the bottleneck",
-            "loss": "masked bit-wise BCE on normal rows + classifier_weight * sparse CE",
+            "classifier": f"input -> {self.config.classifier_size} relu -> dropout "
+                          f"{self.config.classifier_dropout} -> softmax over "
+                          f"{len(self.classes)} classes",
+            "loss": "masked bit-wise BCE on normal rows + classifier_weight * class-balanced "
+                    "sparse CE",
+            "error": "mean bit-wise BCE over seen bits, weighted by each bit's predictability "
+                     "in held-out normal traffic" if self.config.weight_bits
+                     else "mean bit-wise BCE over seen bits",
         }
 
 
@@ -281,11 +341,13 @@ def train(
     the rows the autoencoder learns as normal; the classifier learns every row.
     """
     classes = tuple(classes)
+    weights = class_weights(train_labels, len(classes), config.class_balance)
     train_set = _dataset(train, train_labels, autoencoder_rows=autoencoder_rows,
-                         classes=classes, config=config, split="train")
+                         classes=classes, config=config, split="train", weights=weights)
     validation_set = _dataset(validation, validation_labels,
                               autoencoder_rows=validation_autoencoder_rows,
-                              classes=classes, config=config, split="validation")
+                              classes=classes, config=config, split="validation",
+                              weights=weights)
     keras.utils.set_random_seed(config.seed)
     network = HeadbitsNetwork(config, len(classes), name=MODEL_NAME)
     network.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
@@ -302,12 +364,16 @@ def train(
     normal = _normal_rows(validation, validation_autoencoder_rows)
     if not normal.any():
         raise ValueError("no normal validation rows with payload to calibrate thresholds on")
+    if config.weight_bits:
+        # Held-out rows, not training ones: the network has partly memorised the noise it was
+        # trained on, which would make nonces look predictable.
+        graph.fit_bit_weights(heads_for_model(validation, config.n).select(normal))
     held_out = score_in_chunks(graph.serve, heads_for_model(validation, config.n).select(normal),
                                ModelInfo(MODEL_NAME, 0, config.n, classes))
     predicted = np.argmax(held_out.protocol_probs, axis=1)
     errors = held_out.reconstruction_error
     thresholds = class_thresholds(errors, predicted, len(classes), config.target_fpr,
-                                  config.min_class_rows)
+                                  config.min_threshold_rows)
     graph.thresholds.assign(thresholds)
     return TrainedModel(
         config=config,
@@ -315,9 +381,26 @@ def train(
         thresholds=thresholds,
         global_threshold=threshold_at_fpr(errors, config.target_fpr),
         calibration_rows=np.bincount(predicted, minlength=len(classes)),
+        bit_weights=graph.bit_weights.numpy(),
         history={name: [float(v) for v in values] for name, values in fitted.history.items()},
         graph=graph,
     )
+
+
+def class_weights(labels: np.ndarray, n_classes: int, balance: float) -> np.ndarray:
+    """float32 [C]: (mean class count / class count) ** balance, 0 for classes without rows.
+
+    Captures are dominated by a few protocols (DNS, HTTP); unweighted, the classifier learns
+    those and calls the rest `other`. balance 1 weighs every class equally, 0 every row.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must be class indices in 0..{n_classes - 1}")
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    weights[present] = (counts[present].mean() / counts[present]) ** balance
+    return weights.astype(np.float32)
 
 
 def _keras_verbosity(progress: bool) -> int:
@@ -335,6 +418,7 @@ def _dataset(
     classes: tuple[str, ...],
     config: TrainingConfig,
     split: str,
+    weights: np.ndarray,
 ) -> tf.data.Dataset:
     batch = heads_for_model(batch, config.n)
     labels = np.asarray(labels)
@@ -348,7 +432,7 @@ def _dataset(
         raise ValueError(f"{split}: labels must be class indices in 0..{len(classes) - 1}")
     return tf.data.Dataset.from_tensor_slices((
         (batch.head_bytes, batch.head_lengths.astype(np.int32)),
-        (labels.astype(np.int32), rows.astype(bool)),
+        (labels.astype(np.int32), rows.astype(bool), weights[labels]),
     ))
 
 
