@@ -112,6 +112,12 @@ def peak_rss_mb(process: subprocess.Popen) -> float:
     return float("nan")
 
 
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """User + system CPU time of the process so far (all its threads, librdkafka's included)."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(process: subprocess.Popen) -> float:
     rss = peak_rss_mb(process)
     process.terminate()
@@ -120,17 +126,19 @@ def stop(process: subprocess.Popen) -> float:
 
 
 def timed_service(verb: str, env: dict, settings: KafkaSettings, output: str, count: int,
-                  *args: str) -> tuple[float, float]:
-    """(records/s, peak RSS MB) of one service draining a preloaded input of `count` records.
+                  *args: str) -> tuple[float, float, float]:
+    """(records/s, CPU microseconds per record, peak RSS MB) of one service draining a preloaded
+    input of `count` records.
 
     Timing starts at the first output record, so process start (TensorFlow import, group join)
-    is excluded."""
+    is excluded. CPU time per record does not depend on what else the machine is running, so it
+    is the figure to compare between runs on a shared machine."""
     process = start_service(verb, env, *args)
     wait_count(settings, output, 1, timeout=120)
-    first = time.monotonic()
+    first, cpu_first = time.monotonic(), cpu_seconds(process)
     wait_count(settings, output, count)
-    elapsed = time.monotonic() - first
-    return count / elapsed, stop(process)
+    elapsed, cpu = time.monotonic() - first, cpu_seconds(process) - cpu_first
+    return count / elapsed, cpu / count * 1e6, stop(process)
 
 
 def tiny_model(base: Path) -> Path:
@@ -140,7 +148,7 @@ def tiny_model(base: Path) -> Path:
     heads = synthetic_heads(3000, seed=7)
     batch = pack_heads([h.orig_head for h in heads], [h.resp_head for h in heads], 64)
     labels = np.array([i % 3 for i in range(len(heads))])
-    config = TrainingConfig(n=16, max_epochs=2, min_class_rows=100, target_fpr=0.01)
+    config = TrainingConfig(n=16, max_epochs=2, min_threshold_rows=100, target_fpr=0.01)
     trained = train(batch, labels, ("http", "tls", "unknown"), batch, labels, config,
                     progress=False)
     return export_model(trained, base, version=1)
@@ -183,6 +191,15 @@ def latency_run(bootstrap: str, model: Path, rate: float, seconds: float) -> dic
             "rss": rss}
 
 
+def report_service(figures: dict, verb: str, batch: int, rate: float, cpu_us: float,
+                   rss: float) -> None:
+    figures[f"{verb}_msgs_per_s_batch_{batch}"] = round(rate)
+    figures[f"{verb}_cpu_us_per_msg_batch_{batch}"] = round(cpu_us, 1)
+    figures[f"{verb}_peak_rss_mb"] = round(rss, 1)
+    print(f"{verb} alone, batch {batch}: {rate:,.0f} msgs/s, {cpu_us:.1f} us CPU per msg, "
+          f"peak RSS {rss:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap-servers", help="use this cluster instead of a dev broker")
@@ -207,19 +224,16 @@ def main() -> None:
         for batch in map(int, args.batch_sizes.split(",")):
             settings_b, env_b = topics(bootstrap)
             produce_heads(settings_b, heads)
-            rate, rss = timed_service("featurizer", env_b, settings_b, settings_b.features_topic,
-                                      len(heads), "--batch-size", str(batch))
-            figures[f"featurizer_msgs_per_s_batch_{batch}"] = round(rate)
-            figures["featurizer_peak_rss_mb"] = round(rss, 1)
-            print(f"featurizer alone, batch {batch}: {rate:,.0f} msgs/s, peak RSS {rss:.0f} MB")
+            rate, cpu_us, rss = timed_service(
+                "featurizer", env_b, settings_b, settings_b.features_topic, len(heads),
+                "--batch-size", str(batch))
+            report_service(figures, "featurizer", batch, rate, cpu_us, rss)
 
             preload_features(settings_b, heads)
-            rate, rss = timed_service("scorer", env_b, settings_b, settings_b.scores_topic,
-                                      len(heads), "--batch-size", str(batch),
-                                      "--model-dir", str(model), "--write-scores", "true")
-            figures[f"scorer_msgs_per_s_batch_{batch}"] = round(rate)
-            figures["scorer_peak_rss_mb"] = round(rss, 1)
-            print(f"scorer alone, batch {batch}: {rate:,.0f} msgs/s, peak RSS {rss:.0f} MB")
+            rate, cpu_us, rss = timed_service(
+                "scorer", env_b, settings_b, settings_b.scores_topic, len(heads),
+                "--batch-size", str(batch), "--model-dir", str(model), "--write-scores", "true")
+            report_service(figures, "scorer", batch, rate, cpu_us, rss)
 
         settings, env = topics(bootstrap)
         featurizer = start_service("featurizer", env)

@@ -16,7 +16,7 @@ import pytest
 from headbits.common.avro import ValueCodec
 from headbits.common.kafka import KafkaSettings, Producer, topic_config
 from headbits.common.pipeline import ServiceProcess, Topics, read_topic
-from headbits.common.protocols import UNKNOWN, expected_protocol
+from headbits.common.protocols import expected_protocol
 from headbits.common.records import PayloadHead
 from headbits.featurizer.bits import pack_heads
 
@@ -62,25 +62,15 @@ def model_version_dir(tmp_path_factory, capture_heads) -> Path:
 
 
 def offline_scores(version_dir: Path, heads: list[PayloadHead]) -> dict[str, dict]:
-    """What `headbits score` computes for these heads: SavedModelBackend on the same heads."""
+    """What `headbits score` computes for these heads, by uid."""
     from headbits.scorer.inprocess import SavedModelBackend
+    from headbits.scorer.offline import score_heads
 
     backend = SavedModelBackend(version_dir)
-    batch = pack_heads([h.orig_head for h in heads], [h.resp_head for h in heads], 64)
-    scores = backend.score(batch)
-    predicted = scores.predicted_protocols()
-    known = set(scores.model.classes) - {UNKNOWN}
-    result = {}
-    for row, head in enumerate(heads):
-        expected = expected_protocol(head.services, head.transport, head.resp_p).protocol
-        anomalous = bool(scores.reconstruction_error[row] > scores.threshold[row])
-        mismatch = expected in known and predicted[row] != expected
-        result[head.uid] = {
-            "score": float(scores.reconstruction_error[row]), "predicted": predicted[row],
-            "threshold": float(scores.threshold[row]), "alert": anomalous or mismatch,
-        }
-    backend.close()
-    return result
+    try:
+        return {row["uid"]: row for row in score_heads(heads, backend)}
+    finally:
+        backend.close()
 
 
 def test_devkafka_topics_get_retention_from_settings(kafka_bootstrap):
@@ -111,14 +101,17 @@ def test_replayed_capture_is_scored_exactly_as_offline(
     assert set(online) == uids
     for uid, offline in expected.items():
         assert online[uid]["score"] == pytest.approx(offline["score"], rel=1e-5, abs=1e-6)
-        assert online[uid]["predicted_protocol"] == offline["predicted"]
+        assert online[uid]["threshold"] == pytest.approx(offline["threshold"], rel=1e-6)
+        assert online[uid]["predicted_protocol"] == offline["predicted_protocol"]
+        assert online[uid]["alert"] == bool(offline["reason"])
         assert online[uid]["model_version"] == 1
 
-    flagged = {uid for uid, offline in expected.items() if offline["alert"]}
+    flagged = {uid for uid, offline in expected.items() if offline["reason"]}
     assert flagged, "the tiny model flags nothing: the alert check would prove nothing"
     alerts = read_topic(topics.settings, topics["alerts"], "alert",
                         lambda got: {a["uid"] for a in got} >= flagged, timeout=20)
     assert {a["uid"] for a in alerts} == flagged
+    assert {a["uid"]: a["reason"] for a in alerts} == {u: expected[u]["reason"] for u in flagged}
     by_uid = {h.uid: h for h in heads}
     for alert in alerts:
         head = by_uid[alert["uid"]]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from headbits.common.avro import DecodeError, ValueCodec, load_schema
-from headbits.common.records import PayloadHead
+from headbits.common.records import InvalidRecord, PayloadHead
 from headbits.featurizer.bits import pack_heads
 from headbits.featurizer.transform import featurize
 from headbits.scorer.alerting import (
@@ -102,3 +102,24 @@ def test_wrong_n_is_refused_and_duplicates_scored_once():
     assert "wrong N" in check_features(short, 16)
     assert "wrong N" in check_features({**features[0], "n": 12}, 16)
     assert check_features(features[0], 16) is None
+
+
+@pytest.mark.parametrize("change", [
+    {"uid": ""}, {"transport": "sctp"}, {"orig_p": -1}, {"resp_p": 65536}, {"ts": True},
+    {"orig_head": b"x" * 65, "orig_bytes_seen": 65}, {"resp_bytes_seen": 3}, {"orig_gap": 1},
+    {"orig_p": "80"}, {"services": None}, {"resp_head": bytearray(b"HTTP")},
+])
+def test_batch_screen_decides_and_words_like_payloadhead(change):
+    """featurize screens whole columns; every verdict must be PayloadHead's own, in its words."""
+    records = [make_head(f"C{i}").to_dict() for i in range(5)]
+    records[2] |= change
+    features, rejected = featurize([dict(record) for record in records])
+    expected = []
+    for index, record in enumerate(records):
+        try:
+            PayloadHead.from_dict(record).validate()
+        except InvalidRecord as error:
+            expected.append((index, f"invalid PayloadHead: {error}"))
+    assert rejected == expected
+    assert [f["uid"] for f in features] == [
+        r["uid"] for i, r in enumerate(records) if i not in dict(expected)]

@@ -136,7 +136,9 @@ def free_port() -> int:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Kafka's cluster-id form (22 URL-safe base64 characters); never starting with "-", which
+    `kafka-storage format --cluster-id` would read as an option."""
+    return "h" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
 
 
 def _server_properties(run_dir: Path, port: int, controller_port: int, partitions: int) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import confluent_kafka
@@ -108,7 +109,7 @@ class Producer:
             **connection_config(settings),
             "enable.idempotence": True,
             "compression.type": "lz4",
-            "linger.ms": 20,
+            "linger.ms": 5,  # services produce a whole batch at once: waiting adds only latency
             "batch.num.messages": 10000,
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 200_000,
@@ -129,10 +130,12 @@ class Producer:
         value: bytes,
         key: bytes | str | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
+        timestamp_ms: int = 0,
     ) -> None:
+        """`timestamp_ms` 0: the record's timestamp is the produce time (CreateTime)."""
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers)
+                self._producer.produce(topic, value, key, headers=headers, timestamp=timestamp_ms)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -220,15 +223,22 @@ class Consumer:
         return records
 
     def store(self, messages: Iterable[Message]) -> None:
-        """Mark these records done: the next auto-commit (or `commit`) commits past them."""
-        latest: dict[tuple[str, int], int] = {}
-        for message in messages:
-            where = (message.topic(), message.partition())
-            latest[where] = max(latest.get(where, -1), message.offset())
-        if latest:
+        """Mark these records done: the next auto-commit (or `commit`) commits past them.
+
+        Partitions revoked since the records were consumed are skipped: their new owner
+        resumes from the last commit, so those records are processed again (at-least-once).
+        """
+        # A partition's records arrive in offset order, so its last record has the highest.
+        latest = {(m.topic(), m.partition()): m.offset() for m in messages}
+        if not latest:
+            return
+        try:
             self._consumer.store_offsets(
                 offsets=[TopicPartition(t, p, offset + 1) for (t, p), offset in latest.items()]
             )
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError._STATE:  # none of them is assigned any more
+                raise
 
     def commit(self) -> None:
         """Commit stored offsets now (on shutdown); nothing stored is not an error."""
@@ -297,6 +307,88 @@ def end_offsets(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> d
         }
     finally:
         probe.close()
+
+
+def window_offsets(
+    settings: KafkaSettings, topic: str, since_ms: int, timeout: float = 10.0
+) -> dict[int, tuple[int, int]]:
+    """Partition -> (first offset whose timestamp is >= `since_ms`, end offset now).
+
+    A partition with no record that recent gets (end, end). Records appended after this call are
+    beyond the end offsets, so reading these ranges ends even while producers keep writing.
+    """
+    probe = confluent_kafka.Consumer({**connection_config(settings), "group.id": "headbits-probe"})
+    try:
+        metadata = probe.list_topics(topic, timeout=timeout).topics[topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
+        ends = {
+            partition: probe.get_watermark_offsets(TopicPartition(topic, partition), timeout)[1]
+            for partition in metadata.partitions
+        }
+        found = probe.offsets_for_times(
+            [TopicPartition(topic, partition, since_ms) for partition in ends], timeout
+        )
+    finally:
+        probe.close()
+    for tp in found:
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+    return {
+        tp.partition: (tp.offset if 0 <= tp.offset <= ends[tp.partition] else ends[tp.partition],
+                       ends[tp.partition])
+        for tp in found
+    }
+
+
+def read_offset_ranges(
+    settings: KafkaSettings,
+    topic: str,
+    ranges: dict[int, tuple[int, int]],
+    batch_size: int = 5000,
+    idle_timeout: float = 60.0,
+) -> Iterator[list[Message]]:
+    """Batches of the records in `ranges` (partition -> [start, end)), then the iterator ends.
+
+    Partitions are assigned, not subscribed, under a throw-away group id with commits off: the
+    reader joins no consumer group and commits nothing, so no service's group is disturbed.
+    Raises TimeoutError if no partition advances for `idle_timeout` seconds (broker gone).
+    """
+    consumer = confluent_kafka.Consumer({
+        **connection_config(settings),
+        "group.id": f"headbits-reader-{uuid.uuid4().hex}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",  # a start offset deleted by retention meanwhile
+    })
+    remaining = {p: end for p, (start, end) in ranges.items() if start < end}
+    try:
+        consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in remaining])
+        last_progress = time.monotonic()
+        while remaining:
+            batch = []
+            for message in consumer.consume(batch_size, 1.0):
+                error = message.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaException(error)
+                elif message.offset() < remaining.get(message.partition(), -1):
+                    batch.append(message)
+            positions = consumer.position([TopicPartition(topic, p) for p in remaining])
+            for position in positions:
+                if position.offset >= remaining[position.partition]:
+                    del remaining[position.partition]
+            if batch or not remaining:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > idle_timeout:
+                raise TimeoutError(
+                    f"{topic}: no record arrived for {idle_timeout:g} s with partitions "
+                    f"{sorted(remaining)} unfinished (is the broker reachable?)"
+                )
+            if batch:
+                yield batch
+    finally:
+        consumer.close()
 
 
 def wait_for_cluster(bootstrap_servers: str, timeout: float = 5.0) -> bool:

@@ -41,7 +41,8 @@ class ServiceMetrics:
             buckets=BATCH_BUCKETS, **common,
         ).labels(**labels)
         self.batch_seconds = Histogram(
-            "batch_seconds", "decode + transform + produce + acknowledge time of a batch",
+            "batch_seconds",
+            "wall time from a batch's decode to its acknowledgement (overlaps the next batch)",
             ["service"], buckets=LATENCY_BUCKETS, **common,
         ).labels(**labels)
         self.record_age_seconds = Histogram(

@@ -12,6 +12,8 @@ scored once, with its last record.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from headbits.common.protocols import UNKNOWN
@@ -47,64 +49,111 @@ def check_features(record: dict, model_n: int) -> str | None:
 
 def head_batch(records: list[dict], model_n: int) -> HeadBatch:
     """The records' heads at the model's N (records already checked by `check_features`)."""
+    count = len(records)
+    lengths = np.empty((count, 2), np.int32)
+    lengths[:, 0] = np.fromiter((r["orig_length"] for r in records), np.int32, count)
+    lengths[:, 1] = np.fromiter((r["resp_length"] for r in records), np.int32, count)
+    widths = {record["n"] for record in records}
+    if len(widths) == 1:  # the usual case: the whole batch is one reshape
+        n = widths.pop()
+        packed = np.frombuffer(b"".join(r["head_bytes"] for r in records), np.uint8)
+        return HeadBatch(packed.reshape(count, 2 * n).copy(), lengths).truncate(model_n)
     rows = [record["head_bytes"][:model_n] + record["head_bytes"][record["n"]:][:model_n]
             for record in records]
-    head_bytes = np.frombuffer(b"".join(rows), np.uint8).reshape(len(records), 2 * model_n)
-    lengths = np.array([[r["orig_length"], r["resp_length"]] for r in records], np.int32)
-    return HeadBatch(head_bytes.copy(), np.minimum(lengths.reshape(-1, 2), model_n))
+    head_bytes = np.frombuffer(b"".join(rows), np.uint8).reshape(count, 2 * model_n)
+    return HeadBatch(head_bytes.copy(), np.minimum(lengths, model_n))
 
 
-def alert_reasons(records: list[dict], scores: Scores) -> list[str]:
-    """Comma-joined reasons per row, empty for rows that do not alert."""
-    anomalous = scores.is_anomalous()
-    known = set(scores.model.classes) - {UNKNOWN}
-    predicted = scores.predicted_protocols()
-    reasons = []
-    for row, record in enumerate(records):
-        expected = record["expected_protocol"]
-        found = [ANOMALOUS_BYTES] if anomalous[row] else []
-        if expected in known and predicted[row] != expected:
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    """Why each row of a scored batch alerts, as boolean columns (numpy, no per-row Python)."""
+
+    anomalous: np.ndarray
+    mismatch: np.ndarray
+
+    @classmethod
+    def of(cls, records: list[dict], scores: Scores) -> Verdicts:
+        classes = {name: index for index, name in enumerate(scores.model.classes)}
+        classes.pop(UNKNOWN, None)
+        expected = np.fromiter(
+            (classes.get(record["expected_protocol"], -1) for record in records), np.int64,
+            len(records),
+        )
+        predicted = np.argmax(scores.protocol_probs, axis=1)
+        return cls(scores.is_anomalous(), (expected >= 0) & (predicted != expected))
+
+    @property
+    def alerting(self) -> np.ndarray:
+        """bool per row: the row alerts for at least one reason."""
+        return self.anomalous | self.mismatch
+
+    def alerting_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.alerting)
+
+    def reason(self, row: int) -> str:
+        """Comma-joined reasons of one row, empty when it does not alert."""
+        found = [ANOMALOUS_BYTES] if self.anomalous[row] else []
+        if self.mismatch[row]:
             found.append(PROTOCOL_MISMATCH)
-        reasons.append(",".join(found))
-    return reasons
+        return ",".join(found)
+
+
+def score_dicts(
+    records: list[dict], scores: Scores, verdicts: Verdicts, rows: np.ndarray | None = None
+) -> list[dict]:
+    """Score records (schemas/score.avsc) of `rows` (all when None), built from whole columns."""
+    if rows is None:
+        rows = np.arange(len(records))
+    model = scores.model
+    predicted = np.argmax(scores.protocol_probs[rows], axis=1).tolist()
+    columns = zip(
+        rows.tolist(), scores.reconstruction_error[rows].tolist(),
+        scores.threshold[rows].tolist(), scores.direction_error[rows].tolist(),
+        [model.classes[index] for index in predicted],
+        scores.protocol_probs[rows].max(axis=1).tolist(),
+        verdicts.alerting[rows].tolist(), strict=True,
+    )
+    return [
+        {
+            "uid": records[row]["uid"], "ts": records[row]["ts"], "score": error,
+            "threshold": threshold, "orig_error": orig_error, "resp_error": resp_error,
+            "model_name": model.name, "model_version": model.version,
+            "predicted_protocol": protocol, "predicted_probability": probability,
+            "expected_protocol": records[row]["expected_protocol"], "alert": alert,
+        }
+        for row, error, threshold, (orig_error, resp_error), protocol, probability, alert
+        in columns
+    ]
+
+
+def alert_records(
+    records: list[dict], batch: HeadBatch, scores: Scores, verdicts: Verdicts
+) -> list[dict]:
+    """Alert records (schemas/alert.avsc) of the alerting rows only."""
+    rows = verdicts.alerting_rows()
+    n = batch.n
+    alerts = []
+    for row, score in zip(rows.tolist(), score_dicts(records, scores, verdicts, rows), strict=True):
+        record = records[row]
+        del score["alert"]
+        orig_length, resp_length = batch.head_lengths[row].tolist()
+        head = batch.head_bytes[row]
+        alerts.append({
+            **score,
+            "sensor": record["sensor"], "orig_h": record["orig_h"], "orig_p": record["orig_p"],
+            "resp_h": record["resp_h"], "resp_p": record["resp_p"],
+            "transport": record["transport"], "reason": verdicts.reason(row),
+            "direction": DIRECTIONS[int(score["resp_error"] > score["orig_error"])],
+            "model_n": n, "expected_source": record["expected_source"],
+            "orig_head": head[:orig_length].tobytes(),
+            "resp_head": head[n : n + resp_length].tobytes(),
+        })
+    return alerts
 
 
 def score_records(
     records: list[dict], batch: HeadBatch, scores: Scores
 ) -> tuple[list[dict], list[dict]]:
     """(alerts, scores): Alert records (schemas/alert.avsc) and Score records for every row."""
-    reasons = alert_reasons(records, scores)
-    predicted = scores.predicted_protocols()
-    probability = scores.protocol_probs.max(axis=1).tolist() if len(records) else []
-    errors = scores.reconstruction_error.tolist()
-    thresholds = scores.threshold.tolist()
-    direction_errors = scores.direction_error.tolist()
-    lengths = batch.head_lengths.tolist()
-    n = batch.n
-    model = scores.model
-    alerts, everything = [], []
-    for row, record in enumerate(records):
-        orig_error, resp_error = direction_errors[row]
-        common = {
-            "uid": record["uid"], "ts": record["ts"], "score": errors[row],
-            "threshold": thresholds[row], "orig_error": orig_error, "resp_error": resp_error,
-            "model_name": model.name, "model_version": model.version,
-            "predicted_protocol": predicted[row], "predicted_probability": probability[row],
-            "expected_protocol": record["expected_protocol"],
-        }
-        everything.append({**common, "alert": bool(reasons[row])})
-        if not reasons[row]:
-            continue
-        head = batch.head_bytes[row]
-        orig_length, resp_length = lengths[row]
-        alerts.append({
-            **common,
-            "sensor": record["sensor"], "orig_h": record["orig_h"], "orig_p": record["orig_p"],
-            "resp_h": record["resp_h"], "resp_p": record["resp_p"],
-            "transport": record["transport"], "reason": reasons[row],
-            "direction": DIRECTIONS[int(resp_error > orig_error)],
-            "model_n": n, "expected_source": record["expected_source"],
-            "orig_head": head[:orig_length].tobytes(),
-            "resp_head": head[n : n + resp_length].tobytes(),
-        })
-    return alerts, everything
+    verdicts = Verdicts.of(records, scores)
+    return alert_records(records, batch, scores, verdicts), score_dicts(records, scores, verdicts)

@@ -21,7 +21,14 @@ from headbits.common.settings import (
     setting,
     settings_from_args,
 )
-from headbits.scorer.alerting import check_features, head_batch, last_per_uid, score_records
+from headbits.scorer.alerting import (
+    Verdicts,
+    alert_records,
+    check_features,
+    head_batch,
+    last_per_uid,
+    score_dicts,
+)
 from headbits.scorer.backend import BackendUnavailable, ScoringBackend
 
 
@@ -64,10 +71,13 @@ class ScorerStage(Stage):
         if not scorable:
             return Transformed([], rejected)
         batch = head_batch(scorable, model_n)
-        alerts, scores = score_records(scorable, batch, self._backend.score(batch))
+        scores = self._backend.score(batch)
+        verdicts = Verdicts.of(scorable, scores)
+        alerts = alert_records(scorable, batch, scores, verdicts)
         outputs = [Output(self._alerts_topic, alerts, [a["uid"] for a in alerts])]
         if self._scores_topic:
-            outputs.append(Output(self._scores_topic, scores, [s["uid"] for s in scores]))
+            everything = score_dicts(scorable, scores, verdicts)
+            outputs.append(Output(self._scores_topic, everything, [s["uid"] for s in everything]))
         return Transformed(outputs, rejected)
 
 
