@@ -234,7 +234,7 @@ def test_env_names_are_settings_fields(rendered: dict[str, list[dict]], values: 
 def test_chart_defaults_match_the_code_defaults(rendered: dict[str, list[dict]]) -> None:
     """Where the chart sets a value the code also defaults, both agree (except deployment ones)."""
     deployment_specific = {"backend", "serving_target", "group_id", "models_dir", "config_file",
-                           "source", "sensor"}
+                           "source", "sensor", "websocket_url"}
     for verb, container in headbits_containers(rendered["defaults"]):
         if verb not in DISCOVERED:
             continue
