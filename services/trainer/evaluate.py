@@ -29,7 +29,13 @@ from headbits.scorer.backend import Scores
 from headbits.trainer import dataset, metrics, report
 from headbits.trainer.dataset import OTHER, LabelledHeads
 from headbits.trainer.reference import train_linear_reference
-from headbits.trainer.train import TrainSettings, add_data_arguments, fit, load_training_data
+from headbits.trainer.train import (
+    TrainSettings,
+    add_data_arguments,
+    fit,
+    labelled_captures,
+    load_training_data,
+)
 
 MIN_PAIR_ROWS = 10
 
@@ -231,14 +237,15 @@ def run(args: argparse.Namespace) -> int:
     if corpus:
         evaluated.extend(dataset.from_corpus(corpus))
     if captures:
-        from headbits.trainer.train import expand_captures
-
-        evaluated.extend(dataset.from_captures(expand_captures(captures)))
+        args.captures = captures
+        evaluated.extend(labelled_captures(args))
     # A port guess is what an anomaly fakes: it may train a model, never grade one.
     evaluated = evaluated.where(np.array([s != "port" for s in evaluated.label_sources]))
     if len(set(evaluated.groups)) < settings.folds:
-        print("headbits eval: give --corpus or --captures with at least as many capture files "
-              f"as --folds ({settings.folds})", file=sys.stderr)
+        print(f"headbits eval: {len(set(evaluated.groups))} capture files have flows labelled by "
+              f"a parser or the corpus (port guesses never grade), fewer than --folds "
+              f"({settings.folds}): give --corpus, or --captures with --labels or conn.logs",
+              file=sys.stderr)
         return 2
     results = evaluate(train_only, evaluated, settings)
     if args.json:

@@ -13,6 +13,14 @@ import numpy as np
 from headbits.trainer import metrics
 
 MAX_PANELS = 12
+KEY_PROTOCOLS = ("http", "ssh", "dns", "smtp", "ftp", "smb", "quic", "unknown")
+"""Drawn first in every figure: the protocols a TLS-on-443 anomaly usually turns out to be."""
+
+
+def _panel_order(protocols: list[str]) -> list[str]:
+    """The key protocols present, then the others in the given (most frequent first) order."""
+    return [p for p in KEY_PROTOCOLS if p in protocols] + [
+        p for p in protocols if p not in KEY_PROTOCOLS]
 
 
 def pyplot():
@@ -30,7 +38,7 @@ def plot_error_histograms(
 ) -> None:
     """One panel per protocol: its held-out errors against the baseline's, log-spaced bins."""
     plt = pyplot()
-    others = [p for p, _ in _most_common(labels[labels != baseline])][:MAX_PANELS]
+    others = _panel_order([p for p, _ in _most_common(labels[labels != baseline])])[:MAX_PANELS]
     columns = 4
     rows = max(1, -(-len(others) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
@@ -61,7 +69,9 @@ def plot_roc_curves(
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 6))
     negatives = labels == baseline
-    for pair in pairs[:10]:
+    by_protocol = {pair["protocol"]: pair for pair in pairs}
+    for protocol in _panel_order(list(by_protocol))[:10]:
+        pair = by_protocol[protocol]
         positives = labels == pair["protocol"]
         fpr, tpr = metrics.roc_curve(errors[negatives], errors[positives])
         line = axis.plot(fpr, tpr, label=f"{pair['protocol']} (AUROC {pair['auroc']:.3f})")[0]
@@ -73,7 +83,8 @@ def plot_roc_curves(
     axis.set_xlabel(f"false-positive rate ({baseline} flagged)")
     axis.set_ylabel("true-positive rate (other protocol flagged)")
     axis.set_title(f"{baseline} vs others, N = {n}; dotted: 1-bit-fraction detector")
-    axis.legend(fontsize=7, loc="lower right")
+    if by_protocol:
+        axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

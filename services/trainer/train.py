@@ -62,6 +62,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                       help="heads files written by `headbits generate`")
     data.add_argument("--captures", type=Path, nargs="*", default=[], metavar="PCAP",
                       help="pcap/pcapng files or folders of them")
+    data.add_argument("--labels", type=Path, metavar="TSV",
+                      help="per-flow labels for --captures in a corpus's LABELS.tsv format "
+                           "(its file column is relative to the TSV's folder)")
     data.add_argument("--corpus", type=Path, metavar="DIR",
                       help="a capture corpus with MANIFEST.tsv and LABELS.tsv")
     data.add_argument("--hex-folder", type=Path, metavar="DIR",
@@ -78,6 +81,12 @@ def expand_captures(paths: list[Path]) -> list[Path]:
     return found
 
 
+def labelled_captures(args: argparse.Namespace, progress: bool = True) -> LabelledHeads:
+    root = args.labels.parent if args.labels else None
+    return dataset.from_captures(expand_captures(args.captures), root=root,
+                                 dataset_labels_tsv=args.labels, progress=progress)
+
+
 def load_training_data(args: argparse.Namespace, seed: int, progress: bool = True) -> LabelledHeads:
     data = LabelledHeads()
     if args.generate:
@@ -88,7 +97,7 @@ def load_training_data(args: argparse.Namespace, seed: int, progress: bool = Tru
     for path in args.heads:
         data.extend(dataset.from_heads(read_heads_file(path), f"heads:{path.name}"))
     if args.captures:
-        data.extend(dataset.from_captures(expand_captures(args.captures), progress=progress))
+        data.extend(labelled_captures(args))
     if args.corpus:
         data.extend(dataset.from_corpus(args.corpus, progress=progress))
     if args.hex_folder:
