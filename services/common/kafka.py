@@ -60,6 +60,9 @@ class KafkaSettings:
     alerts_retention_days: float = setting(90.0, "retention of the alerts topic")
     scores_retention_days: float = setting(7.0, "retention of the scores topic")
     deadletter_retention_days: float = setting(14.0, "retention of the dead-letter topic")
+    producer_buffer_mb: int = setting(
+        32, "memory for messages Kafka has not acknowledged; when Kafka stalls, a service "
+            "stops reading its input at this bound instead of growing")
 
 
 def connection_config(settings: KafkaSettings) -> dict[str, str]:
@@ -113,7 +116,7 @@ class Producer:
             "batch.num.messages": 10000,
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 200_000,
-            "queue.buffering.max.kbytes": 262_144,
+            "queue.buffering.max.kbytes": settings.producer_buffer_mb * 1024,
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,
             **overrides,
