@@ -143,6 +143,9 @@ def test_retrain_gate_and_rollout(
         "HEADBITS_MAX_EPOCHS": "40",
         "HEADBITS_MIN_CLASS_ROWS": "10",
         "HEADBITS_MIN_ROWS": "100",
+        # A third of the ~40 groups for validation: thresholds and bit weights are calibrated
+        # on these rows, and a fifth of a window this small leaves them to a handful of flows.
+        "HEADBITS_VALIDATION_FOLDS": "3",
         "HEADBITS_HOLDOUT_FRACTION": str(HOLDOUT_FRACTION),
         # ~50 held-out rows: one alert is 2 %; the production cap (5 %) would be a coin toss here.
         "HEADBITS_MAX_FALSE_POSITIVE_RATE": "0.15",
