@@ -25,6 +25,13 @@ OUTPUT_DIRECTION_ERROR = "direction_error"  # float32 [batch, 2]
 OUTPUT_PROTOCOL_PROBS = "protocol_probs"  # float32 [batch, C]
 OUTPUT_THRESHOLD = "threshold"  # float32 [batch]: threshold for the row's predicted class
 OUTPUT_CLASSES = "classes"  # string [batch, C]: class names in protocol_probs order, every row
+SCORE_OUTPUTS = (
+    OUTPUT_RECONSTRUCTION_ERROR,
+    OUTPUT_DIRECTION_ERROR,
+    OUTPUT_PROTOCOL_PROBS,
+    OUTPUT_THRESHOLD,
+)
+"""What scoring fetches; `classes` repeats the same names in every row, so backends read it once."""
 
 
 @dataclass(frozen=True, slots=True)

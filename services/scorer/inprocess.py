@@ -29,6 +29,7 @@ from headbits.scorer.backend import (
     OUTPUT_PROTOCOL_PROBS,
     OUTPUT_RECONSTRUCTION_ERROR,
     OUTPUT_THRESHOLD,
+    SCORE_OUTPUTS,
     SIGNATURE_NAME,
     ModelInfo,
     Scores,
@@ -78,16 +79,14 @@ def score_in_chunks(
     batch = heads_for_model(batch, model.n)
     head_bytes = np.ascontiguousarray(batch.head_bytes, dtype=np.uint8)
     head_lengths = np.ascontiguousarray(batch.head_lengths, dtype=np.int32)
-    names = (OUTPUT_RECONSTRUCTION_ERROR, OUTPUT_DIRECTION_ERROR, OUTPUT_PROTOCOL_PROBS,
-             OUTPUT_THRESHOLD)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SCORE_OUTPUTS}
     # At least one call, so an empty batch still yields correctly shaped empty outputs.
     for start in range(0, max(len(batch), 1), chunk_rows):
         outputs = serve(**{
             INPUT_HEAD_BYTES: tf.constant(head_bytes[start : start + chunk_rows]),
             INPUT_HEAD_LENGTHS: tf.constant(head_lengths[start : start + chunk_rows]),
         })
-        for name in names:
+        for name in SCORE_OUTPUTS:
             parts[name].append(outputs[name].numpy())
     merged = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     return Scores(

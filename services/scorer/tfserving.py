@@ -45,6 +45,7 @@ from headbits.scorer.backend import (
     OUTPUT_PROTOCOL_PROBS,
     OUTPUT_RECONSTRUCTION_ERROR,
     OUTPUT_THRESHOLD,
+    SCORE_OUTPUTS,
     SIGNATURE_NAME,
     BackendUnavailable,
     ModelInfo,
@@ -52,15 +53,8 @@ from headbits.scorer.backend import (
     ScoringBackend,
 )
 
-# What scoring fetches. `classes` [batch, C] is batch-major too (TF Serving's batching splits every
-# fetched output along dimension 0), but it repeats the same names in every row, so `info()`
-# fetches it once, for one row, instead of shipping it with every batch.
-SCORE_OUTPUTS = (
-    OUTPUT_RECONSTRUCTION_ERROR,
-    OUTPUT_DIRECTION_ERROR,
-    OUTPUT_PROTOCOL_PROBS,
-    OUTPUT_THRESHOLD,
-)
+# `classes` [batch, C] is batch-major too (TF Serving's batching splits every fetched output
+# along dimension 0), but `info()` fetches it once, for one row, instead of with every batch.
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 # Codes after which the same request may succeed later: the server is down or busy, the model or
