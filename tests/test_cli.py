@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from headbits.cli import main
+from headbits.cli import VERBS, main
 from headbits.common.avro import read_heads_file
 
 CAPTURES = (
@@ -140,3 +140,23 @@ def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
     report = (out / "report.md").read_text()
     assert "anomalous sessions: 4, alerted:" in report.replace("- ", "")
     assert (out / "errors.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_verb_explains_itself(verb, capsys):
+    """`--help` on every verb exits 0 and names the environment variable of each setting."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: headbits {verb}")
+    if "settings (" in text:  # verbs with a settings class show each option's variable
+        assert "env: HEADBITS_CONFIG" in text
+        assert text.count("env: HEADBITS_") >= 2
+
+
+def test_unknown_verb_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["no-such-verb"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
