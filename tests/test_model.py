@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headbits.featurizer.bits import HeadBatch, model_inputs, pack_heads
+from headbits.featurizer.bits import SUPPORTED_N, HeadBatch, model_inputs, pack_heads
 from headbits.scorer.backend import (
     INPUT_HEAD_BYTES,
     INPUT_HEAD_LENGTHS,
@@ -278,3 +278,10 @@ def test_bad_training_input_is_refused(splits):
         train(batch.truncate(8), labels, CLASSES, batch, labels, CONFIG, progress=False)
     with pytest.raises(ValueError, match="not supported"):
         TrainingConfig(n=12)
+
+
+@pytest.mark.parametrize("n", SUPPORTED_N)
+def test_default_code_is_narrower_than_the_head(n):
+    # A code as wide as the head lets the decoder copy a foreign opening through unflagged.
+    assert TrainingConfig(n=n).code_size == n // 2
+    assert TrainingConfig(n=n, bottleneck=3).code_size == 3

@@ -77,7 +77,7 @@ class TrainingConfig:
 
     n: int = 16
     hidden_sizes: tuple[int, ...] = ()  # encoder widths; () scales with N: (16N, 8N, 4N)
-    bottleneck: int = 0  # code width; 0 scales with N: 2N
+    bottleneck: int = 0  # code width; 0 scales with N: N/2 (see `code_size`)
     max_epochs: int = 60
     batch_size: int = 256
     patience: int = 5
@@ -113,7 +113,11 @@ class TrainingConfig:
 
     @property
     def code_size(self) -> int:
-        return self.bottleneck or 2 * self.n
+        """A narrow code: a protocol's fixed opening fits in a few numbers, and a wider code
+        lets the decoder copy a foreign opening through instead of flagging it (at N=16, a code
+        of 8 instead of 32 raised the TLS-vs-SSH, -DNS and -HTTP AUROC of cross-validation over
+        capture files on every seed tried)."""
+        return self.bottleneck or self.n // 2
 
     @property
     def classifier_size(self) -> int:
