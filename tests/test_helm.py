@@ -41,9 +41,6 @@ SERVICE_VERBS = ("collector", "featurizer", "scorer", "trainer")
 # Kinds that kubernetes-validate has no schema for: checked field by field below instead.
 CUSTOM_KINDS = {"KafkaTopic"}
 DAY_MS = 24 * 3600 * 1000
-# Settings the chart passes that a service does not define yet. A test that meets one of these
-# reports an expected failure naming it (never a pass), and passes once the service defines it.
-PENDING_SETTINGS: dict[str, set[str]] = {}
 
 Helm = Callable[..., subprocess.CompletedProcess]
 
@@ -214,21 +211,15 @@ def test_env_names_are_settings_fields(rendered: dict[str, list[dict]], values: 
                                        verb: str) -> None:
     cls = DISCOVERED[verb]
     fields = {env_name(field.name): field.name for field in dataclasses.fields(cls)}
-    pending = PENDING_SETTINGS.get(verb, set())
     containers = [c for v, c in headbits_containers(rendered[values]) if v == verb]
     assert containers, f"no container runs `headbits {verb}`"
-    pending_seen: set[str] = set()
     for container in containers:
         names = [entry["name"] for entry in container["env"]]
         assert len(names) == len(set(names)), f"duplicate env names: {names}"
         unknown = set(names) - set(fields)
-        assert not unknown - pending, f"{verb}: {sorted(unknown)} are not fields of {cls.__name__}"
-        pending_seen |= unknown
+        assert not unknown, f"{verb}: {sorted(unknown)} are not fields of {cls.__name__}"
         plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         load_settings(cls, environ=plain)  # every value converts to its field's type
-    if pending_seen:
-        pytest.xfail(f"{cls.__name__} has no {sorted(pending_seen)} yet: the chart's collector "
-                     "reads a Zeek WebSocket, which the collector service does not offer yet")
 
 
 def test_chart_defaults_match_the_code_defaults(rendered: dict[str, list[dict]]) -> None:

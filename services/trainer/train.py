@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ def describe(data: LabelledHeads) -> dict:
         "rows": len(data),
         "groups": len(set(data.groups)),
         "labels": dict(data.counts().most_common()),
-        "label_sources": dict(sorted(dataset.Counter(data.label_sources).items())),
+        "label_sources": dict(sorted(Counter(data.label_sources).items())),
     }
 
 
