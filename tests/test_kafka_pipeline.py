@@ -124,15 +124,42 @@ def test_replayed_capture_is_scored_exactly_as_offline(
     assert "stopped" in {line["msg"] for line in scorer.log_lines()}
 
 
-def test_sigkilled_services_lose_no_uid(kafka_bootstrap, model_version_dir, tmp_path):
-    topics = Topics(kafka_bootstrap)
-    rng = np.random.default_rng(3)
-    heads = [
+def synthetic_heads(count: int, seed: int) -> list[PayloadHead]:
+    rng = np.random.default_rng(seed)
+    return [
         PayloadHead(f"K{i:06d}", 1.7e9 + i, "synthetic", "10.1.0.1", 1024 + i % 50000, "10.1.0.2",
                     443 if i % 2 else 80, "tcp", (), rng.bytes(24), rng.bytes(40), 24, 40,
                     False, False)
-        for i in range(30000)
+        for i in range(count)
     ]
+
+
+def test_sigkilled_collector_loses_no_uid(kafka_bootstrap, tmp_path):
+    """A collector killed mid-replay and started again delivers every head (some twice)."""
+    from headbits.common.avro import write_heads_file
+
+    topics = Topics(kafka_bootstrap)
+    heads = synthetic_heads(20000, seed=4)
+    heads_file = tmp_path / "heads.avro"
+    write_heads_file(heads_file, heads)
+    args = ("--source", "heads-file", "--heads-files", str(heads_file), "--replay-rate", "4000")
+    collector = ServiceProcess("collector", topics.env, tmp_path, *args)
+    read_topic(topics.settings, topics["heads"], "payload_head", lambda got: len(got) >= 2000)
+    assert collector.stop(signal.SIGKILL) == -signal.SIGKILL
+    before_restart = read_topic(topics.settings, topics["heads"], "payload_head",
+                                lambda got: False, timeout=3)
+    assert len(before_restart) < len(heads), "the collector was not killed mid-stream"
+    collector = ServiceProcess("collector", topics.env, tmp_path, *args[:-2])
+    assert collector.process.wait(120) == 0, collector.log_tail()
+    uids = {h.uid for h in heads}
+    delivered = read_topic(topics.settings, topics["heads"], "payload_head",
+                           lambda got: {r["uid"] for r in got} >= uids)
+    assert {r["uid"] for r in delivered} == uids
+
+
+def test_sigkilled_services_lose_no_uid(kafka_bootstrap, model_version_dir, tmp_path):
+    topics = Topics(kafka_bootstrap)
+    heads = synthetic_heads(30000, seed=3)
     small_batches = ("--batch-size", "200")
     featurizer = ServiceProcess("featurizer", topics.env, tmp_path, *small_batches)
     scorer_args = ("--model-dir", str(model_version_dir), "--write-scores", "true", *small_batches)
