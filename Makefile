@@ -24,5 +24,9 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
+# Speed and memory figures on this machine; bench/pcap.py reads the shared capture corpus.
+CORPUS ?= ../shared/data/pcaps
 bench: $(STAMP)
-	for script in bench/*.py; do $(VENV)/bin/python $$script || exit 1; done
+	for script in featurize serving pipeline collector; do \
+		$(VENV)/bin/python bench/$$script.py || exit 1; done
+	$(VENV)/bin/python bench/pcap.py $(CORPUS)

@@ -9,19 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from headbits.collector.pcap import iter_captures
-
-
-def capture_paths(arguments: list[str]) -> list[Path]:
-    paths = []
-    for argument in map(Path, arguments):
-        if argument.is_dir():
-            paths += sorted(p for p in argument.rglob("*") if p.suffix in (".pcap", ".pcapng"))
-        else:
-            paths.append(argument)
-    return paths
+from headbits.collector.pcap import expand_captures, iter_captures
 
 
 def main() -> None:
@@ -29,7 +18,7 @@ def main() -> None:
     parser.add_argument("captures", nargs="+")
     parser.add_argument("--n", type=int, default=64)
     args = parser.parse_args()
-    paths = capture_paths(args.captures)
+    paths = expand_captures(args.captures)
     packets = heads = errors = skipped = 0
     started = time.perf_counter()
     for read in iter_captures(paths, n=args.n):

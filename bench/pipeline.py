@@ -164,24 +164,32 @@ def preload_features(settings: KafkaSettings, heads: list[PayloadHead]) -> None:
     producer.flush()
 
 
+def warm_pipeline(bootstrap: str, model: Path, warm_seed: int
+                  ) -> tuple[KafkaSettings, subprocess.Popen, subprocess.Popen, int]:
+    """(settings, featurizer, scorer, warm-up count): both services on fresh topics, already
+    through 100 warm-up heads (model loaded, groups joined), so timing excludes start-up."""
+    settings, env = topics(bootstrap)
+    featurizer = start_service("featurizer", env)
+    scorer = start_service("scorer", env, "--model-dir", str(model), "--write-scores", "true")
+    warm = synthetic_heads(100, seed=warm_seed)
+    produce_heads(settings, warm)
+    wait_count(settings, settings.scores_topic, len(warm), timeout=120)
+    return settings, featurizer, scorer, len(warm)
+
+
 def latency_run(bootstrap: str, model: Path, rate: float, seconds: float) -> dict:
     """p50/p99 head-produced -> score-produced at a paced rate, both services running."""
     from headbits.common.kafka import Consumer
 
-    settings, env = topics(bootstrap)
-    featurizer = start_service("featurizer", env)
-    scorer = start_service("scorer", env, "--model-dir", str(model), "--write-scores", "true")
-    warm = synthetic_heads(100, seed=11)
-    produce_heads(settings, warm)
-    wait_count(settings, settings.scores_topic, len(warm), timeout=120)
+    settings, featurizer, scorer, warmed = warm_pipeline(bootstrap, model, warm_seed=11)
     heads = synthetic_heads(int(rate * seconds), seed=12)
     produce_heads(settings, heads, rate)
-    wait_count(settings, settings.scores_topic, len(warm) + len(heads))
+    wait_count(settings, settings.scores_topic, warmed + len(heads))
     stamps: dict[str, dict[str, int]] = {"heads": {}, "scores": {}}
     for kind, by_uid in stamps.items():
         topic = getattr(settings, f"{kind}_topic")
         consumer = Consumer(settings, f"lat-{uuid.uuid4().hex}", [topic])
-        while len(by_uid) < len(warm) + len(heads):
+        while len(by_uid) < warmed + len(heads):
             for message in consumer.consume(10000, 1.0):
                 by_uid[message.key().decode()] = message.timestamp()[1]
         consumer.close()
@@ -216,7 +224,7 @@ def main() -> None:
         model = tiny_model(workdir)
         heads = synthetic_heads(args.connections)
 
-        settings, env = topics(bootstrap)
+        settings, _ = topics(bootstrap)
         seconds = produce_heads(settings, heads)
         figures["collector_produce_msgs_per_s"] = round(len(heads) / seconds)
         print(f"collector side (encode + produce heads): {len(heads) / seconds:,.0f} msgs/s")
@@ -235,15 +243,10 @@ def main() -> None:
                 "--batch-size", str(batch), "--model-dir", str(model), "--write-scores", "true")
             report_service(figures, "scorer", batch, rate, cpu_us, rss)
 
-        settings, env = topics(bootstrap)
-        featurizer = start_service("featurizer", env)
-        scorer = start_service("scorer", env, "--model-dir", str(model), "--write-scores", "true")
-        warm = synthetic_heads(100, seed=5)
-        produce_heads(settings, warm)
-        wait_count(settings, settings.scores_topic, len(warm), timeout=120)
+        settings, featurizer, scorer, warmed = warm_pipeline(bootstrap, model, warm_seed=5)
         started = time.monotonic()
         produce_heads(settings, heads)
-        wait_count(settings, settings.scores_topic, len(warm) + len(heads))
+        wait_count(settings, settings.scores_topic, warmed + len(heads))
         rate = len(heads) / (time.monotonic() - started)
         stop(featurizer)
         stop(scorer)

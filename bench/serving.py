@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from headbits.common.devkafka import free_port
 from headbits.featurizer.bits import HeadBatch, pack_heads, unpack_bits
 
 BATCH_SIZES = (64, 256, 1024, 4096, 8192)
@@ -77,12 +77,6 @@ def export_models(base: Path) -> tuple[Path, int]:
     tf.saved_model.save(module, str(base / BITS_MODEL / "1"),
                         signatures={"serving_default": serve_bits})
     return version_dir, n
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_standin(base: Path) -> tuple[subprocess.Popen, str]:

@@ -1,7 +1,7 @@
 """`headbits <verb>`: one entry point whose verbs live with the stage they belong to.
 
 Each verb is a module with `configure(parser)` (adds its options; the parser's description is the
-module docstring's first paragraph) and `run(args) -> int` (the exit code). Modules are imported
+module docstring) and `run(args) -> int` (the exit code). Modules are imported
 only when their verb runs, so `headbits collector` never loads TensorFlow.
 
 Exit codes: 0 success, 1 the work failed (the message says why), 2 bad usage or settings.

@@ -230,6 +230,13 @@ class DatasetLabels:
         return self.flows.get(forward) or self.flows.get(reverse)
 
 
+def label_from_conn_log_beside(capture: Path, heads: list[PayloadHead]) -> list[PayloadHead]:
+    """`heads` of `capture` labelled by the Zeek conn.log beside it (`<capture stem>.conn.log`),
+    or unchanged when there is none."""
+    conn_log = capture.with_name(capture.name.rsplit(".", 1)[0] + ".conn.log")
+    return label_heads(heads, read_conn_log(conn_log)) if conn_log.is_file() else heads
+
+
 def read_dataset_labels(labels_tsv: Path) -> DatasetLabels:
     labels = DatasetLabels()
     with Path(labels_tsv).open(newline="", encoding="utf-8") as stream:

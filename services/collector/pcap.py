@@ -124,6 +124,18 @@ def iter_captures(
         yield read_capture(Path(path), n=n, sensor=sensor)
 
 
+def expand_captures(paths: Iterable[Path]) -> list[Path]:
+    """Capture files named by `paths`: files as given, directories searched for *.pcap and
+    *.pcapng (sorted)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+        else:
+            found.append(path)
+    return found
+
+
 def _records(stream: BinaryIO) -> Iterator[tuple[int, float, bytes]]:
     magic = stream.read(4)
     stream.seek(0)

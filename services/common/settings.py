@@ -3,7 +3,7 @@
 Every field `foo_bar` of a settings class is read from the environment variable `HEADBITS_FOO_BAR`,
 from the key `foo_bar` of an optional YAML file (`HEADBITS_CONFIG` or `--config`), and from the
 command-line option `--foo-bar`. The Helm chart's values use the same names, so one name means one
-thing everywhere. Field docs live in `field(metadata={"help": ...})` and show up in `--help`.
+thing everywhere. Fields are declared with `setting(default, help)`; the help shows up in `--help`.
 """
 
 from __future__ import annotations

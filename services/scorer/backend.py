@@ -16,7 +16,7 @@ from headbits.featurizer.bits import HeadBatch
 
 MODEL_NAME = "headbits"
 
-# The SavedModel's serving signature (see docs/model-contract.md).
+# The SavedModel's serving signature (see "Model contract" in docs/architecture.md).
 SIGNATURE_NAME = "serving_default"
 INPUT_HEAD_BYTES = "head_bytes"  # uint8 [batch, 2N]: orig bytes then resp bytes
 INPUT_HEAD_LENGTHS = "head_lengths"  # int32 [batch, 2]: bytes seen per direction (0..N)

@@ -51,7 +51,7 @@ def score_heads(heads: Sequence[PayloadHead], backend: ScoringBackend) -> list[d
 
 def read_labelled_heads(captures: Sequence[Path]) -> tuple[list[PayloadHead], list[str]]:
     """Heads of every capture, with Zeek's services where a conn.log sits beside the capture."""
-    from headbits.collector.labels import label_heads, read_conn_log
+    from headbits.collector.labels import label_from_conn_log_beside
     from headbits.collector.pcap import read_capture
 
     heads: list[PayloadHead] = []
@@ -59,9 +59,7 @@ def read_labelled_heads(captures: Sequence[Path]) -> tuple[list[PayloadHead], li
     for path in captures:
         result = read_capture(path, n=64)
         errors += result.errors
-        conn_log = path.with_name(path.name.rsplit(".", 1)[0] + ".conn.log")
-        heads += label_heads(result.heads, read_conn_log(conn_log)) if conn_log.is_file() \
-            else result.heads
+        heads += label_from_conn_log_beside(path, result.heads)
     return heads, errors
 
 

@@ -53,8 +53,6 @@ from headbits.scorer.backend import (
     ScoringBackend,
 )
 
-# `classes` [batch, C] is batch-major too (TF Serving's batching splits every fetched output
-# along dimension 0), but `info()` fetches it once, for one row, instead of with every batch.
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 # Codes after which the same request may succeed later: the server is down or busy, the model or

@@ -123,7 +123,7 @@ def from_captures(
     """
     from tqdm import tqdm
 
-    from headbits.collector.labels import label_heads, read_conn_log, read_dataset_labels
+    from headbits.collector.labels import label_from_conn_log_beside, read_dataset_labels
     from headbits.collector.pcap import read_capture
 
     corpus = read_dataset_labels(dataset_labels_tsv) if dataset_labels_tsv else None
@@ -132,11 +132,7 @@ def from_captures(
         group = str(path.relative_to(root)) if root else path.name
         result = read_capture(path, n=64)
         data.errors += result.errors
-        heads = result.heads
-        conn_log = path.with_name(path.name.rsplit(".", 1)[0] + ".conn.log")
-        if conn_log.is_file():
-            heads = label_heads(heads, read_conn_log(conn_log))
-        for head in heads:
+        for head in label_from_conn_log_beside(path, result.heads):
             found = corpus.label_for(group, head) if corpus else None
             if found is not None:
                 label, source = found

@@ -71,7 +71,8 @@ def holdout_metrics(
         "holdout_protocol_auroc": protocol_auroc(scores.protocol_probs, truth, classes),
         "holdout_anomaly_auroc": metrics.auroc(scores.reconstruction_error[normal],
                                                scores.reconstruction_error[~normal]),
-        "holdout_ones_fraction_auroc": _either_way(metrics.auroc(ones[normal], ones[~normal])),
+        "holdout_ones_fraction_auroc": metrics.either_way_auroc(
+            metrics.auroc(ones[normal], ones[~normal])),
     }
     return {name: _finite_or_none(value) for name, value in figures.items()}
 
@@ -112,11 +113,6 @@ def gate_failures(candidate: dict, stable: dict | None, rules: GateSettings) -> 
 def failing_metrics(failures: list[str]) -> list[str]:
     """The metric names the gate's reasons start with, once each."""
     return list(dict.fromkeys(reason.split(" ", 1)[0] for reason in failures))
-
-
-def _either_way(value: float) -> float:
-    """A 1-bit counter may rank either way round; credit it with the better direction."""
-    return max(value, 1 - value)
 
 
 def _finite_or_none(value: float | int) -> float | int | None:

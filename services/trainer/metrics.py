@@ -26,6 +26,12 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float(u / (len(negatives) * len(positives)))
 
 
+def either_way_auroc(value: float) -> float:
+    """The AUROC of a detector that may rank either way round (a 1-bit counter has no sign),
+    credited with the better direction."""
+    return max(value, 1 - value)
+
+
 def _average_ranks(scores: np.ndarray) -> np.ndarray:
     order = np.argsort(scores, kind="mergesort")
     sorted_scores = scores[order]

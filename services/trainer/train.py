@@ -72,17 +72,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the capstone's training folder (one hex line per connection)")
 
 
-def expand_captures(paths: list[Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix in (".pcap", ".pcapng"))
-        else:
-            found.append(path)
-    return found
-
-
 def labelled_captures(args: argparse.Namespace, progress: bool = True) -> LabelledHeads:
+    from headbits.collector.pcap import expand_captures
+
     root = args.labels.parent if args.labels else None
     return dataset.from_captures(expand_captures(args.captures), root=root,
                                  dataset_labels_tsv=args.labels, progress=progress)

@@ -1,7 +1,8 @@
 """The collector's source seam: where PayloadHeads come from.
 
 Implementations, one file each beside this one: `replay.py` (pcap/pcapng captures),
-`websocket.py` (Zeek's WebSocket API, JSON v1) and `broker.py` (Broker's native Python bindings).
+`headsfile.py` (Avro heads files), `websocket.py` (Zeek's WebSocket API, JSON v1) and `broker.py`
+(Broker's native Python bindings).
 The collector loop above only ever calls `read` and `close`.
 """
 
