@@ -29,10 +29,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from headbits.scorer.backend import BackendUnavailable
+from headbits.scorer.backend import BackendUnavailable, disagreement
 from headbits.scorer.inprocess import SavedModelBackend
 from headbits.scorer.standin import StandinServer, standin_settings
-from headbits.scorer.tfserving import TFServingBackend, disagreement, tensor_array, tensor_proto
+from headbits.scorer.tfserving import TFServingBackend, tensor_array, tensor_proto
 from headbits.trainer.repository import (
     ModelSettings,
     Repository,
@@ -178,6 +178,74 @@ def test_shadow_disagreement_counts_rows_where_versions_differ(serve, in_process
         float(np.abs(local_1.reconstruction_error - local_2.reconstruction_error).mean()))
     assert found.mean_abs_error_delta > 0  # two trainings, two sets of weights
     assert disagreement(primary, primary).anomaly_verdicts == 0
+
+
+def feature_records_of(batch) -> list[dict]:
+    """Features-topic records (schemas/features.avsc) carrying the batch's heads."""
+    return [
+        {"uid": f"U{row:04d}", "ts": 1.7e9 + row, "sensor": "s", "orig_h": "10.0.0.1",
+         "orig_p": 40000 + row, "resp_h": "10.0.0.2", "resp_p": 443, "transport": "tcp",
+         "expected_protocol": "tls", "expected_source": "port", "n": batch.n,
+         "head_bytes": batch.head_bytes[row].tobytes(),
+         "orig_length": int(batch.head_lengths[row, 0]),
+         "resp_length": int(batch.head_lengths[row, 1]), "orig_gap": False, "resp_gap": False}
+        for row in range(len(batch))
+    ]
+
+
+def test_scorer_shadow_scores_canary_next_to_stable(serve, in_process, heads):
+    from prometheus_client import CollectorRegistry
+
+    from headbits.scorer.service import ScorerStage, ShadowMetrics
+
+    server = serve()
+    stable = TFServingBackend(server.target)
+    canary = stable.for_label("canary")
+    stage = ScorerStage(stable, "alerts", "scores", shadow=canary)
+    registry = CollectorRegistry()
+    stage.shadow_metrics = ShadowMetrics(registry)
+    try:
+        transformed = stage.transform(feature_records_of(heads))
+    finally:
+        canary.close()
+        stable.close()
+    (scores_output,) = [o for o in transformed.outputs if o.topic == "scores"]
+    by_version: dict[int, dict[str, float]] = {}
+    for record in scores_output.records:
+        by_version.setdefault(record["model_version"], {})[record["uid"]] = record["score"]
+    assert sorted(by_version) == [1, 2]
+    uids = [f"U{row:04d}" for row in range(len(heads))]
+    for version in (1, 2):
+        local = in_process[version].score(heads).reconstruction_error
+        np.testing.assert_allclose([by_version[version][uid] for uid in uids], local, rtol=1e-6)
+    expected = disagreement(in_process[1].score(heads), in_process[2].score(heads))
+    assert registry.get_sample_value("headbits_shadow_scored_records_total") == len(heads)
+    assert registry.get_sample_value(
+        "headbits_shadow_disagreements_total", {"kind": "anomaly"}) == expected.anomaly_verdicts
+    assert registry.get_sample_value(
+        "headbits_shadow_disagreements_total", {"kind": "protocol"}) == expected.predicted_protocols
+
+
+def test_a_missing_shadow_label_costs_only_the_shadow_scores(serve, heads):
+    from prometheus_client import CollectorRegistry
+
+    from headbits.scorer.service import ScorerStage, ShadowMetrics
+
+    server = serve(labels={"stable": 1})
+    stable = TFServingBackend(server.target)
+    shadow = stable.for_label("canary")
+    stage = ScorerStage(stable, "alerts", "scores", shadow=shadow)
+    registry = CollectorRegistry()
+    stage.shadow_metrics = ShadowMetrics(registry)
+    try:
+        transformed = stage.transform(feature_records_of(heads))
+    finally:
+        shadow.close()
+        stable.close()
+    (scores_output,) = [o for o in transformed.outputs if o.topic == "scores"]
+    assert {r["model_version"] for r in scores_output.records} == {1}
+    assert len(scores_output.records) == len(heads)
+    assert registry.get_sample_value("headbits_shadow_failures_total") == 1
 
 
 def test_promote_and_rollback_reach_a_running_scorer(tmp_path, models_dir, in_process, heads):

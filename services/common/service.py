@@ -72,6 +72,9 @@ class Stage(ABC):
     @abstractmethod
     def transform(self, records: list[dict]) -> Transformed: ...
 
+    def attach(self, runtime: Runtime) -> None:  # noqa: B027 - optional hook
+        """Called once the service's runtime exists, for stages that export metrics of their own."""
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -182,6 +185,7 @@ def run_stage(stage: Stage, settings: ServiceSettings, input_topic: str) -> int:
     """
     runtime = Runtime(stage.name, settings)
     runtime.stop.install()
+    stage.attach(runtime)
     outputs = stage.output_schemas()
     runtime.ensure_topics([input_topic, *outputs, settings.deadletter_topic])
     decoder = runtime.codec(stage.input_schema, input_topic)

@@ -173,31 +173,6 @@ def open_channel(
     return grpc.secure_channel(target, tls.credentials(), options=options)
 
 
-@dataclass(frozen=True, slots=True)
-class Disagreement:
-    """How far a shadow (canary) version's verdicts are from the primary's on the same rows."""
-
-    rows: int
-    anomaly_verdicts: int  # rows where one version alerts and the other does not
-    predicted_protocols: int  # rows where the top class differs
-    mean_abs_error_delta: float  # mean |reconstruction_error difference|
-
-
-def disagreement(primary: Scores, shadow: Scores) -> Disagreement:
-    if len(primary.reconstruction_error) != len(shadow.reconstruction_error):
-        raise ValueError("primary and shadow scores are not row-aligned")
-    rows = len(primary.reconstruction_error)
-    primary_top = np.asarray(primary.predicted_protocols(), dtype=object)
-    shadow_top = np.asarray(shadow.predicted_protocols(), dtype=object)
-    delta = np.abs(primary.reconstruction_error - shadow.reconstruction_error)
-    return Disagreement(
-        rows=rows,
-        anomaly_verdicts=int(np.count_nonzero(primary.is_anomalous() != shadow.is_anomalous())),
-        predicted_protocols=int(np.count_nonzero(primary_top != shadow_top)),
-        mean_abs_error_delta=float(delta.mean()) if rows else 0.0,
-    )
-
-
 class TFServingBackend(ScoringBackend):
     """Scores through TF Serving's `Predict`, for one model and one version label.
 
