@@ -193,13 +193,13 @@ def feature_records_of(batch) -> list[dict]:
     ]
 
 
-def test_scorer_shadow_scores_canary_next_to_stable(serve, in_process, heads):
+def shadow_scored(target: str, heads) -> tuple[list[dict], object]:
+    """The scores-topic records of a scorer on `stable` shadowed by `canary`, and its metrics."""
     from prometheus_client import CollectorRegistry
 
     from headbits.scorer.service import ScorerStage, ShadowMetrics
 
-    server = serve()
-    stable = TFServingBackend(server.target)
+    stable = TFServingBackend(target)
     canary = stable.for_label("canary")
     stage = ScorerStage(stable, "alerts", "scores", shadow=canary)
     registry = CollectorRegistry()
@@ -210,8 +210,13 @@ def test_scorer_shadow_scores_canary_next_to_stable(serve, in_process, heads):
         canary.close()
         stable.close()
     (scores_output,) = [o for o in transformed.outputs if o.topic == "scores"]
+    return scores_output.records, registry
+
+
+def test_scorer_shadow_scores_canary_next_to_stable(serve, in_process, heads):
+    records, registry = shadow_scored(serve().target, heads)
     by_version: dict[int, dict[str, float]] = {}
-    for record in scores_output.records:
+    for record in records:
         by_version.setdefault(record["model_version"], {})[record["uid"]] = record["score"]
     assert sorted(by_version) == [1, 2]
     uids = [f"U{row:04d}" for row in range(len(heads))]
@@ -227,24 +232,9 @@ def test_scorer_shadow_scores_canary_next_to_stable(serve, in_process, heads):
 
 
 def test_a_missing_shadow_label_costs_only_the_shadow_scores(serve, heads):
-    from prometheus_client import CollectorRegistry
-
-    from headbits.scorer.service import ScorerStage, ShadowMetrics
-
-    server = serve(labels={"stable": 1})
-    stable = TFServingBackend(server.target)
-    shadow = stable.for_label("canary")
-    stage = ScorerStage(stable, "alerts", "scores", shadow=shadow)
-    registry = CollectorRegistry()
-    stage.shadow_metrics = ShadowMetrics(registry)
-    try:
-        transformed = stage.transform(feature_records_of(heads))
-    finally:
-        shadow.close()
-        stable.close()
-    (scores_output,) = [o for o in transformed.outputs if o.topic == "scores"]
-    assert {r["model_version"] for r in scores_output.records} == {1}
-    assert len(scores_output.records) == len(heads)
+    records, registry = shadow_scored(serve(labels={"stable": 1}).target, heads)
+    assert {r["model_version"] for r in records} == {1}
+    assert len(records) == len(heads)
     assert registry.get_sample_value("headbits_shadow_failures_total") == 1
 
 
