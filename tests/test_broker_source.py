@@ -21,7 +21,7 @@ from headbits.collector.sources.broker import (  # noqa: E402
 )
 from headbits.collector.zeek_event import DEFAULT_TOPIC, encode_event  # noqa: E402
 from tests.data import zeek_websocket_api_examples as docs  # noqa: E402
-from tests.test_websocket_source import make_heads  # noqa: E402
+from tests.source_helpers import make_heads, read_until  # noqa: E402
 
 TLS_OFF = BrokerTLS(disable=True)
 
@@ -38,14 +38,6 @@ def wait_for_subscriber(endpoint, timeout: float = 10.0) -> None:
 def publish(endpoint, heads) -> None:
     for head in heads:
         endpoint.publish(DEFAULT_TOPIC, broker.Data(from_typed(encode_event(head))))
-
-
-def read_until(source: BrokerSource, count: int, timeout: float = 30.0) -> list:
-    items: list = []
-    deadline = time.monotonic() + timeout
-    while len(items) < count and time.monotonic() < deadline:
-        items += source.read(1000, 0.2)
-    return items
 
 
 def test_all_events_arrive_decoded_exactly() -> None:

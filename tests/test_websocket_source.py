@@ -18,20 +18,9 @@ from headbits.collector.sources.websocket import WebSocketSource
 from headbits.collector.zeek_event import encode_event
 from headbits.common.records import PayloadHead
 from tests.data import zeek_websocket_api_examples as docs
+from tests.source_helpers import make_heads, read_until
 
 TOPIC = "headbits/heads"
-
-
-def make_heads(count: int, start: int = 0) -> list[PayloadHead]:
-    return [
-        PayloadHead(
-            uid=f"C{i:08d}", ts=1700000000.0 + i / 1000, sensor="zeek-1", orig_h="192.0.2.7",
-            orig_p=40000 + i % 20000, resp_h="198.51.100.9", resp_p=53, transport="udp",
-            services=("dns",), orig_head=bytes([i % 256]) * 30, resp_head=b"\x00\x01" * 20,
-            orig_bytes_seen=30, resp_bytes_seen=40, orig_gap=False, resp_gap=False,
-        )
-        for i in range(start, start + count)
-    ]
 
 
 class RunningServer:
@@ -73,14 +62,6 @@ def serve() -> Iterator:
     yield start
     for server in running:
         server.stop()
-
-
-def read_until(source: WebSocketSource, count: int, timeout: float = 20.0) -> list:
-    items: list = []
-    deadline = time.monotonic() + timeout
-    while len(items) < count and time.monotonic() < deadline:
-        items += source.read(1000, 0.2)
-    return items
 
 
 def test_all_heads_arrive_exactly_after_the_documented_ack(serve, caplog) -> None:
