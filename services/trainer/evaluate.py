@@ -33,8 +33,8 @@ from headbits.trainer.train import (
     TrainSettings,
     add_data_arguments,
     fit,
-    labelled_captures,
-    load_training_data,
+    load_captured_data,
+    load_made_data,
 )
 
 MIN_PAIR_ROWS = 10
@@ -230,15 +230,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(EvalSettings, args)
-    corpus, args.corpus = args.corpus, None
-    captures, args.captures = args.captures, []
-    train_only = load_training_data(args, settings.seed)
-    evaluated = LabelledHeads()
-    if corpus:
-        evaluated.extend(dataset.from_corpus(corpus))
-    if captures:
-        args.captures = captures
-        evaluated.extend(labelled_captures(args))
+    train_only = load_made_data(args, settings.seed)
+    evaluated = load_captured_data(args)
     # A port guess is what an anomaly fakes: it may train a model, never grade one.
     evaluated = evaluated.where(np.array([s != "port" for s in evaluated.label_sources]))
     if len(set(evaluated.groups)) < settings.folds:

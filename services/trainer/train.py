@@ -81,6 +81,12 @@ def labelled_captures(args: argparse.Namespace, progress: bool = True) -> Labell
 
 
 def load_training_data(args: argparse.Namespace, seed: int, progress: bool = True) -> LabelledHeads:
+    """Every source the arguments name."""
+    return load_made_data(args, seed, progress).extend(load_captured_data(args, progress))
+
+
+def load_made_data(args: argparse.Namespace, seed: int, progress: bool = True) -> LabelledHeads:
+    """Heads that are not captures of a network: generated traffic, heads files, hex folders."""
     data = LabelledHeads()
     if args.generate:
         from headbits.trainer.traffic import generate
@@ -89,12 +95,18 @@ def load_training_data(args: argparse.Namespace, seed: int, progress: bool = Tru
         data.extend(dataset.from_heads(heads, "generated"))
     for path in args.heads:
         data.extend(dataset.from_heads(read_heads_file(path), f"heads:{path.name}"))
-    if args.captures:
-        data.extend(labelled_captures(args))
-    if args.corpus:
-        data.extend(dataset.from_corpus(args.corpus, progress=progress))
     if args.hex_folder:
         data.extend(dataset.from_hex_folder(args.hex_folder))
+    return data
+
+
+def load_captured_data(args: argparse.Namespace, progress: bool = True) -> LabelledHeads:
+    """Flows of real captures: --captures (labelled by --labels or conn.logs) and --corpus."""
+    data = LabelledHeads()
+    if args.captures:
+        data.extend(labelled_captures(args, progress))
+    if args.corpus:
+        data.extend(dataset.from_corpus(args.corpus, progress=progress))
     return data
 
 
