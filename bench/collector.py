@@ -39,7 +39,7 @@ def make_heads(count: int) -> list[PayloadHead]:
 
 
 def websocket_sensor(count: int, ready) -> None:
-    from headbits.collector.replay import WebSocketReplayServer, data_messages
+    from headbits.devtools.zeek_replay import WebSocketReplayServer, data_messages
 
     async def main() -> None:
         server = WebSocketReplayServer(data_messages(make_heads(count), DEFAULT_TOPIC))
@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--stall-buffer-kbytes", type=int, default=32_768,
                         help="librdkafka buffer of the second stall run (the first: defaults)")
     args = parser.parse_args()
-    from headbits.common import devkafka
+    from headbits.devtools import kafka_broker
 
     figures: dict = {"events": args.events, "cpus": os.cpu_count(),
                      "load_average_1min": os.getloadavg()[0]}
@@ -175,7 +175,7 @@ def main() -> None:
     figures |= measure("broker", min(args.events, 100_000), None)
     from headbits.common.kafka import KafkaSettings, ensure_topics
 
-    kafka = devkafka.start()
+    kafka = kafka_broker.start()
     try:
         ensure_topics(KafkaSettings(bootstrap_servers=kafka.bootstrap_servers), [TOPIC])
         figures |= measure("websocket", args.events, kafka.bootstrap_servers)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from headbits.common import devkafka
 from headbits.common.avro import ValueCodec
 from headbits.common.kafka import KafkaSettings, Producer, end_offsets, ensure_topics
 from headbits.common.records import PayloadHead
+from headbits.devtools import kafka_broker
 from headbits.featurizer.bits import pack_heads
 from headbits.featurizer.transform import featurize
 
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=10_000)
     parser.add_argument("--latency-seconds", type=float, default=10)
     args = parser.parse_args()
-    broker = None if args.bootstrap_servers else devkafka.start()
+    broker = None if args.bootstrap_servers else kafka_broker.start()
     bootstrap = args.bootstrap_servers or broker.bootstrap_servers
     figures: dict[str, object] = {"connections": args.connections, "cores": os.cpu_count()}
     try:

@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from headbits.common.devkafka import free_port
+from headbits.devtools.kafka_broker import free_port
 from headbits.featurizer.bits import HeadBatch, pack_heads, unpack_bits
 
 BATCH_SIZES = (64, 256, 1024, 4096, 8192)
@@ -80,7 +80,11 @@ def export_models(base: Path) -> tuple[Path, int]:
 
 
 def start_standin(base: Path) -> tuple[subprocess.Popen, str]:
-    from headbits.trainer.repository import config_text, model_server_config, write_atomically
+    from headbits.common.model_repository import (
+        config_text,
+        model_server_config,
+        write_atomically,
+    )
 
     config = model_server_config("headbits", str(base / "headbits"), [1], {"stable": 1})
     bits_config = model_server_config(BITS_MODEL, str(base / BITS_MODEL), [1], {})

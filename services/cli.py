@@ -17,20 +17,20 @@ from headbits import __version__
 from headbits.common.settings import SettingsError
 
 VERBS: dict[str, tuple[str, str]] = {
-    "demo": ("headbits.demo", "generate traffic, train, score and report, no cluster"),
-    "generate": ("headbits.trainer.traffic.command", "labelled heads from real protocols"),
+    "demo": ("headbits.devtools.demo", "generate traffic, train, score and report, no cluster"),
+    "generate": ("headbits.traffic.command", "labelled heads from real protocols"),
     "train": ("headbits.trainer.train", "train and export a model version"),
     "eval": ("headbits.trainer.evaluate", "evaluate a model against labelled captures"),
     "score": ("headbits.scorer.offline", "score captures offline, most anomalous first"),
-    "replay": ("headbits.collector.replay", "publish captures as Zeek would"),
+    "replay": ("headbits.devtools.zeek_replay", "publish captures as Zeek would"),
     "collector": ("headbits.collector.service", "run the collector service"),
     "featurizer": ("headbits.featurizer.service", "run the featurizer service"),
     "scorer": ("headbits.scorer.service", "run the scorer service"),
     "trainer": ("headbits.trainer.service", "run the trainer service"),
-    "model": ("headbits.trainer.repository", "list, promote and roll back model versions"),
-    "alerts": ("headbits.scorer.alerts", "read alerts from Kafka"),
-    "serving-standin": ("headbits.scorer.standin", "development stand-in for TF Serving"),
-    "kafka-dev": ("headbits.common.devkafka", "a local single-node Kafka for development"),
+    "model": ("headbits.trainer.rollout", "list, promote and roll back model versions"),
+    "alerts": ("headbits.scorer.alerts_command", "read alerts from Kafka"),
+    "serving-standin": ("headbits.devtools.tfserving_standin", "TF Serving stand-in (development)"),
+    "kafka-dev": ("headbits.devtools.kafka_broker", "a local single-node Kafka for development"),
 }
 
 

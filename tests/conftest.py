@@ -27,13 +27,14 @@ def shared_pcaps() -> Path:
 def kafka_bootstrap():
     """Bootstrap address of a real single-node Apache Kafka (KRaft) started for this session.
 
-    `headbits.common.devkafka` fetches the server jars with Maven (cached outside the project),
-    formats a fresh log dir and starts the broker on a free loopback port; it is stopped, and its
-    files removed, when the session ends. Tests use their own topic names and consumer groups.
+    `headbits.devtools.kafka_broker` fetches the server jars with Maven (cached outside the
+    project), formats a fresh log dir and starts the broker on a free loopback port; it is
+    stopped, and its files removed, when the session ends. Tests use their own topic names and
+    consumer groups.
     """
-    from headbits.common import devkafka
+    from headbits.devtools import kafka_broker
 
-    broker = devkafka.start()
+    broker = kafka_broker.start()
     try:
         yield broker.bootstrap_servers
     finally:

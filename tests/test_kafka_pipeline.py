@@ -15,9 +15,9 @@ import pytest
 
 from headbits.common.avro import ValueCodec
 from headbits.common.kafka import KafkaSettings, Producer, topic_config
-from headbits.common.pipeline import ServiceProcess, Topics, read_topic
 from headbits.common.protocols import expected_protocol
 from headbits.common.records import PayloadHead
+from headbits.devtools.harness import ServiceProcess, Topics, read_topic
 from headbits.featurizer.bits import pack_heads
 
 pytestmark = pytest.mark.kafka

@@ -9,7 +9,7 @@ from headbits.common.avro import DecodeError, ValueCodec, load_schema
 from headbits.common.records import InvalidRecord, PayloadHead
 from headbits.featurizer.bits import pack_heads
 from headbits.featurizer.transform import featurize
-from headbits.scorer.alerting import (
+from headbits.scorer.alert_rules import (
     ANOMALOUS_BYTES,
     PROTOCOL_MISMATCH,
     check_features,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from headbits.common.model_repository import METADATA_FILE, latest_version_dir, model_versions
 from headbits.featurizer.bits import SUPPORTED_N, HeadBatch, model_inputs, pack_heads
 from headbits.scorer.backend import (
     INPUT_HEAD_BYTES,
@@ -27,12 +28,7 @@ from headbits.scorer.backend import (
     OUTPUT_THRESHOLD,
     SIGNATURE_NAME,
 )
-from headbits.scorer.inprocess import (
-    METADATA_FILE,
-    SavedModelBackend,
-    latest_version_dir,
-    model_versions,
-)
+from headbits.scorer.inprocess import SavedModelBackend
 from headbits.trainer.export import export_model
 from headbits.trainer.model import TrainedModel, TrainingConfig, train
 

@@ -29,17 +29,12 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from headbits.common.model_repository import config_text, model_server_config, write_atomically
+from headbits.devtools.tfserving_standin import StandinServer, standin_settings
 from headbits.scorer.backend import BackendUnavailable, disagreement
 from headbits.scorer.inprocess import SavedModelBackend
-from headbits.scorer.standin import StandinServer, standin_settings
 from headbits.scorer.tfserving import TFServingBackend, tensor_array, tensor_proto
-from headbits.trainer.repository import (
-    ModelSettings,
-    Repository,
-    config_text,
-    model_server_config,
-    write_atomically,
-)
+from headbits.trainer.rollout import ModelSettings, Repository
 from tests.serving_models import CLASSES, export_versions, labelled_heads
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE

@@ -12,12 +12,12 @@ import pytest
 from headbits.cli import main
 from headbits.common.avro import read_heads_file
 from headbits.common.protocols import expected_protocol
-from headbits.trainer.traffic import ANOMALIES, PROTOCOLS, generate, generate_anomalies
-from headbits.trainer.traffic import dns as dns_traffic
-from headbits.trainer.traffic import tls as tls_traffic
-from headbits.trainer.traffic.generator import plan_sessions, run_sessions
-from headbits.trainer.traffic.registry import TRAFFIC
-from headbits.trainer.traffic.relay import bind_preferring
+from headbits.traffic import ANOMALIES, PROTOCOLS, generate, generate_anomalies
+from headbits.traffic import dns as dns_traffic
+from headbits.traffic import tls as tls_traffic
+from headbits.traffic.generator import plan_sessions, run_sessions
+from headbits.traffic.registry import TRAFFIC
+from headbits.traffic.relay import bind_preferring
 
 SESSIONS = 6
 IS_ROOT = os.geteuid() == 0  # well-known ports below 1024 need root; otherwise ephemeral

@@ -26,11 +26,11 @@ from tensorflow_serving.config import model_server_config_pb2
 from headbits.cli import main
 from headbits.common.avro import ValueCodec
 from headbits.common.kafka import KafkaSettings, Producer, admin
-from headbits.common.pipeline import ServiceProcess, Topics
+from headbits.common.model_repository import read_state
 from headbits.common.records import PayloadHead
+from headbits.devtools.harness import ServiceProcess, Topics
 from headbits.featurizer.transform import feature_records
 from headbits.trainer.gate import FALSE_POSITIVE_RATE, MACRO_F1, GateSettings, gate_failures
-from headbits.trainer.repository import read_state
 from headbits.trainer.window import Reservoir, most_recent
 
 SESSIONS_PER_PROTOCOL = 30
@@ -46,7 +46,7 @@ DAY = 24 * 3600
 @pytest.fixture(scope="module")
 def traffic() -> tuple[list[PayloadHead], list[PayloadHead]]:
     """(Zeek-confirmed heads, port-labelled heads whose port lies), spread over the last day."""
-    from headbits.trainer.traffic import generate, generate_anomalies
+    from headbits.traffic import generate, generate_anomalies
 
     rng = np.random.default_rng(5)
     confirmed = generate(sessions_per_protocol=SESSIONS_PER_PROTOCOL, seed=5, progress=False)

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from headbits.collector.replay import WebSocketReplayServer, data_messages
 from headbits.collector.sources.base import Rejected
 from headbits.collector.sources.websocket import WebSocketSource
 from headbits.collector.zeek_event import encode_event
 from headbits.common.records import PayloadHead
+from headbits.devtools.zeek_replay import WebSocketReplayServer, data_messages
 from tests.data import zeek_websocket_api_examples as docs
 from tests.source_helpers import make_heads, read_until
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from headbits.common.model_repository import MODEL_NAME
 from headbits.featurizer.bits import HeadBatch
 
-MODEL_NAME = "headbits"
+__all__ = ["MODEL_NAME"]
 
 # The SavedModel's serving signature (see "Model contract" in docs/architecture.md).
 SIGNATURE_NAME = "serving_default"

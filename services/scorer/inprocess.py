@@ -12,18 +12,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: no C++ noise
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from headbits.common.model_repository import METADATA_FILE, read_metadata
 from headbits.featurizer.bits import HeadBatch
 from headbits.scorer.backend import (
     INPUT_HEAD_BYTES,
     INPUT_HEAD_LENGTHS,
-    MODEL_NAME,
     OUTPUT_CLASSES,
     OUTPUT_DIRECTION_ERROR,
     OUTPUT_PROTOCOL_PROBS,
@@ -36,33 +35,9 @@ from headbits.scorer.backend import (
     ScoringBackend,
 )
 
-METADATA_FILE = Path("assets.extra") / "headbits.json"
 CHUNK_ROWS = 8192
 
 ServeFunction = Callable[..., Mapping[str, tf.Tensor]]
-
-
-def model_versions(base_dir: Path) -> list[int]:
-    """Integer version directories under `<base_dir>/headbits/`, ascending (others are ignored,
-    as TF Serving ignores them: temporary export directories are not versions)."""
-    model_dir = Path(base_dir) / MODEL_NAME
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def latest_version_dir(base_dir: Path) -> Path:
-    """The highest version, the one TF Serving's default policy serves."""
-    versions = model_versions(base_dir)
-    if not versions:
-        raise FileNotFoundError(f"no model versions in {Path(base_dir) / MODEL_NAME}")
-    return Path(base_dir) / MODEL_NAME / str(versions[-1])
-
-
-def resolve_version_dir(path: Path) -> Path:
-    """`path` itself if it is a version directory, else the latest version under it."""
-    path = Path(path)
-    return path if (path / METADATA_FILE).is_file() else latest_version_dir(path)
 
 
 def heads_for_model(batch: HeadBatch, model_n: int) -> HeadBatch:
@@ -96,14 +71,6 @@ def score_in_chunks(
         threshold=merged[OUTPUT_THRESHOLD],
         model=model,
     )
-
-
-def read_metadata(version_dir: Path) -> dict:
-    """The version's `assets.extra/headbits.json`."""
-    path = Path(version_dir) / METADATA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {version_dir} is not a headbits model version")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 class SavedModelBackend(ScoringBackend):

@@ -19,7 +19,7 @@ import orjson
 
 from headbits.common.records import PayloadHead
 from headbits.featurizer.transform import feature_records
-from headbits.scorer.alerting import head_batch, score_records
+from headbits.scorer.alert_rules import head_batch, score_records
 from headbits.scorer.backend import ScoringBackend
 
 
@@ -89,7 +89,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headbits.scorer.inprocess import SavedModelBackend, resolve_version_dir
+    from headbits.common.model_repository import resolve_version_dir
+    from headbits.scorer.inprocess import SavedModelBackend
 
     try:
         backend = SavedModelBackend(resolve_version_dir(args.model))

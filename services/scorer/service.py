@@ -33,7 +33,7 @@ from headbits.common.settings import (
     setting,
     settings_from_args,
 )
-from headbits.scorer.alerting import (
+from headbits.scorer.alert_rules import (
     Verdicts,
     alert_records,
     check_features,
@@ -157,7 +157,8 @@ def make_backend(settings: ScorerSettings) -> ScoringBackend:
     if settings.backend == "inprocess":
         if settings.model_dir is None:
             raise SettingsError("--model-dir (HEADBITS_MODEL_DIR) is required with inprocess")
-        from headbits.scorer.inprocess import SavedModelBackend, resolve_version_dir
+        from headbits.common.model_repository import resolve_version_dir
+        from headbits.scorer.inprocess import SavedModelBackend
 
         return SavedModelBackend(resolve_version_dir(settings.model_dir))
     if settings.backend == "tfserving":

@@ -26,7 +26,7 @@ from headbits.common.protocols import UNKNOWN
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 from headbits.featurizer.bits import ones_fraction
 from headbits.scorer.backend import Scores
-from headbits.trainer import dataset, metrics, report
+from headbits.trainer import accuracy, dataset, report
 from headbits.trainer.dataset import OTHER, LabelledHeads
 from headbits.trainer.reference import train_linear_reference
 from headbits.trainer.train import (
@@ -141,15 +141,15 @@ def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int
         def model_auroc(picked: np.ndarray, members=members, positive=positive,
                         values=scores.reconstruction_error) -> float:
             chosen = values[members][picked]
-            return metrics.auroc(chosen[~positive[picked]], chosen[positive[picked]])
+            return accuracy.auroc(chosen[~positive[picked]], chosen[positive[picked]])
 
         everything = np.arange(len(members))
         ones = scores.ones[members]
-        ones_auroc = metrics.auroc(ones[~positive], ones[positive])
+        ones_auroc = accuracy.auroc(ones[~positive], ones[positive])
         complete = np.flatnonzero(gap_free[members])
-        complete_ones = metrics.auroc(ones[complete][~positive[complete]],
+        complete_ones = accuracy.auroc(ones[complete][~positive[complete]],
                                       ones[complete][positive[complete]])
-        low, high = metrics.bootstrap_interval(groups[members], model_auroc, repetitions, seed)
+        low, high = accuracy.bootstrap_interval(groups[members], model_auroc, repetitions, seed)
         rows.append({
             "protocol": protocol,
             "rows": int(count),
@@ -157,10 +157,10 @@ def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int
             "auroc": model_auroc(everything),
             "auroc_low": low,
             "auroc_high": high,
-            "ones_fraction_auroc": metrics.either_way_auroc(ones_auroc),
+            "ones_fraction_auroc": accuracy.either_way_auroc(ones_auroc),
             "rows_gap_free": int(positive[complete].sum()),
             "auroc_gap_free": model_auroc(complete),
-            "ones_fraction_auroc_gap_free": metrics.either_way_auroc(complete_ones),
+            "ones_fraction_auroc_gap_free": accuracy.either_way_auroc(complete_ones),
             "alert_auroc": model_auroc(everything, values=scores.alert_margin),
             "alert_auroc_gap_free": model_auroc(complete, values=scores.alert_margin),
             "label_sources": dict(Counter(sources[labels == protocol]).most_common()),
@@ -175,13 +175,13 @@ def classifier_summary(scores: HeldOutScores) -> dict:
     known = np.array([label != UNKNOWN for label in scores.data.labels])
     names = sorted(set(truth[known]) | set(predicted[known]), key=lambda x: (x == OTHER, x))
     index = {name: i for i, name in enumerate(names)}
-    matrix = metrics.confusion_matrix(
+    matrix = accuracy.confusion_matrix(
         np.array([index[t] for t in truth[known]], dtype=np.int64),
         np.array([index[p] for p in predicted[known]], dtype=np.int64), len(names))
     real_classes = [index[name] for name in names if name != OTHER]
-    f1 = metrics.per_class_f1(matrix)
+    f1 = accuracy.per_class_f1(matrix)
     return {
-        "macro_f1": metrics.macro_f1(matrix, [c for c in real_classes if matrix[c].sum() > 0]),
+        "macro_f1": accuracy.macro_f1(matrix, [c for c in real_classes if matrix[c].sum() > 0]),
         "classes": names,
         "per_class_f1": {name: float(f1[i]) for i, name in enumerate(names)},
         "confusion": matrix.tolist(),

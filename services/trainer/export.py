@@ -18,8 +18,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from headbits.scorer.backend import MODEL_NAME, SIGNATURE_NAME
-from headbits.scorer.inprocess import METADATA_FILE, model_versions
+from headbits.common.model_repository import METADATA_FILE, MODEL_NAME, model_versions
+from headbits.scorer.backend import SIGNATURE_NAME
 from headbits.trainer.model import TrainedModel
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from headbits.common.settings import setting
 from headbits.featurizer.bits import HeadBatch, ones_fraction
 from headbits.scorer.backend import Scores
-from headbits.trainer import metrics
+from headbits.trainer import accuracy
 from headbits.trainer.dataset import OTHER, LabelledHeads
 from headbits.trainer.evaluate import HeldOutScores, classifier_summary
 from headbits.trainer.train import normal_rows
@@ -69,10 +69,10 @@ def holdout_metrics(
         FALSE_POSITIVE_RATE: float(alerts[normal].mean()) if normal.any() else math.nan,
         "holdout_mismatch_rate": float(mismatched.mean()) if len(holdout) else math.nan,
         "holdout_protocol_auroc": protocol_auroc(scores.protocol_probs, truth, classes),
-        "holdout_anomaly_auroc": metrics.auroc(scores.reconstruction_error[normal],
+        "holdout_anomaly_auroc": accuracy.auroc(scores.reconstruction_error[normal],
                                                scores.reconstruction_error[~normal]),
-        "holdout_ones_fraction_auroc": metrics.either_way_auroc(
-            metrics.auroc(ones[normal], ones[~normal])),
+        "holdout_ones_fraction_auroc": accuracy.either_way_auroc(
+            accuracy.auroc(ones[normal], ones[~normal])),
     }
     return {name: _finite_or_none(value) for name, value in figures.items()}
 
@@ -83,7 +83,7 @@ def protocol_auroc(probabilities: np.ndarray, truth: np.ndarray, classes: tuple[
     for index, name in enumerate(classes):
         positive = truth == name
         if name != OTHER and positive.any() and not positive.all():
-            values.append(metrics.auroc(probabilities[~positive, index],
+            values.append(accuracy.auroc(probabilities[~positive, index],
                                         probabilities[positive, index]))
     return float(np.mean(values)) if values else math.nan
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headbits.trainer import metrics
+from headbits.trainer import accuracy
 
 MAX_PANELS = 12
 KEY_PROTOCOLS = ("http", "ssh", "dns", "smtp", "ftp", "smb", "quic", "unknown")
@@ -73,11 +73,11 @@ def plot_roc_curves(
     for protocol in _panel_order(list(by_protocol))[:10]:
         pair = by_protocol[protocol]
         positives = labels == pair["protocol"]
-        fpr, tpr = metrics.roc_curve(errors[negatives], errors[positives])
+        fpr, tpr = accuracy.roc_curve(errors[negatives], errors[positives])
         line = axis.plot(fpr, tpr, label=f"{pair['protocol']} (AUROC {pair['auroc']:.3f})")[0]
-        ones_fpr, ones_tpr = metrics.roc_curve(ones[negatives], ones[positives])
-        if pair["ones_fraction_auroc"] != metrics.auroc(ones[negatives], ones[positives]):
-            ones_fpr, ones_tpr = metrics.roc_curve(-ones[negatives], -ones[positives])
+        ones_fpr, ones_tpr = accuracy.roc_curve(ones[negatives], ones[positives])
+        if pair["ones_fraction_auroc"] != accuracy.auroc(ones[negatives], ones[positives]):
+            ones_fpr, ones_tpr = accuracy.roc_curve(-ones[negatives], -ones[positives])
         axis.plot(ones_fpr, ones_tpr, linestyle=":", color=line.get_color(), alpha=0.6)
     axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
     axis.set_xlabel(f"false-positive rate ({baseline} flagged)")

@@ -41,6 +41,7 @@ from headbits.common.kafka import (
     window_offsets,
 )
 from headbits.common.logs import configure_logging, fields
+from headbits.common.model_repository import RepositoryError
 from headbits.common.records import MAX_HEAD_BYTES
 from headbits.common.settings import (
     SettingsError,
@@ -51,7 +52,7 @@ from headbits.common.settings import (
 )
 from headbits.trainer.dataset import LabelledHeads
 from headbits.trainer.gate import GateSettings, failing_metrics, gate_failures, holdout_metrics
-from headbits.trainer.repository import ModelSettings, Repository, RepositoryError
+from headbits.trainer.rollout import ModelSettings, Repository
 from headbits.trainer.train import TrainSettings, describe
 from headbits.trainer.window import Reservoir, WindowCounts, labelled_heads, most_recent, screen
 

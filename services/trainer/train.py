@@ -89,7 +89,7 @@ def load_made_data(args: argparse.Namespace, seed: int, progress: bool = True) -
     """Heads that are not captures of a network: generated traffic, heads files, hex folders."""
     data = LabelledHeads()
     if args.generate:
-        from headbits.trainer.traffic import generate
+        from headbits.traffic import generate
 
         heads = generate(sessions_per_protocol=args.generate, seed=seed, progress=progress)
         data.extend(dataset.from_heads(heads, "generated"))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from headbits.common.records import PayloadHead
-from headbits.scorer.alerting import check_features
+from headbits.scorer.alert_rules import check_features
 from headbits.trainer.dataset import LabelledHeads
 
 PARSER_CONFIRMED = "zeek"

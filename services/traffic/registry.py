@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from headbits.trainer.traffic import dns, ftp, grpc_http2, http, modbus, smtp, ssh, tls, websocket
-from headbits.trainer.traffic.base import TrafficProtocol
+from headbits.traffic import dns, ftp, grpc_http2, http, modbus, smtp, ssh, tls, websocket
+from headbits.traffic.base import TrafficProtocol
 
 TRAFFIC: dict[str, TrafficProtocol] = {
     protocol.name: protocol

@@ -20,9 +20,9 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from headbits.trainer.traffic import names
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.servers import serve_tcp
+from headbits.traffic import names
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.servers import serve_tcp
 
 CLIENT_VERSIONS = (
     "SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5", "SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.10",

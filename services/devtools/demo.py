@@ -51,8 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from headbits.scorer.offline import format_table, read_labelled_heads
+    from headbits.traffic import generate, generate_anomalies
     from headbits.trainer import dataset
-    from headbits.trainer.traffic import generate, generate_anomalies
     from headbits.trainer.train import TrainSettings, train_and_export
 
     settings = settings_from_args(DemoSettings, args)
@@ -118,16 +118,16 @@ def score_live(
 def stream_through_kafka(
     settings: DemoSettings, version_dir: Path, live: list[PayloadHead], live_file: Path,
 ) -> list[dict]:
-    from headbits.common import devkafka
-    from headbits.common.pipeline import ServiceProcess, Topics, read_topic, stop_all
+    from headbits.devtools import kafka_broker
+    from headbits.devtools.harness import ServiceProcess, Topics, read_topic, stop_all
 
     logs = settings.out_dir / "logs"
     logs.mkdir(exist_ok=True)
-    broker = devkafka.start(run_dir=settings.out_dir / "kafka")
+    broker = kafka_broker.start(run_dir=settings.out_dir / "kafka")
     processes: list[ServiceProcess] = []
     try:
         topics = Topics(broker.bootstrap_servers, prefix=f"demo{int(time.time())}")
-        print(f"Kafka {devkafka.KAFKA_VERSION} on {broker.bootstrap_servers}; logs in {logs}")
+        print(f"Kafka {kafka_broker.KAFKA_VERSION} on {broker.bootstrap_servers}; logs in {logs}")
         processes = [
             ServiceProcess("featurizer", topics.env, logs),
             ServiceProcess("scorer", topics.env, logs, "--model-dir", str(version_dir),

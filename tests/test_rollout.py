@@ -17,13 +17,13 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from headbits.cli import main
-from headbits.scorer.standin import StandinServer, standin_settings
-from headbits.trainer.repository import (
+from headbits.common.model_repository import (
     RolloutState,
     model_server_config,
     read_state,
     state_path,
 )
+from headbits.devtools.tfserving_standin import StandinServer, standin_settings
 from tests.serving_models import export_versions
 
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from google.protobuf import text_format
 
+from headbits.common import model_repository
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 
 log = logging.getLogger("headbits.serving_standin")
@@ -71,22 +71,11 @@ class LoadedVersion:
 
 
 def read_model_server_config(path: Path):
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = model_server_config_pb2.ModelServerConfig()
+    """The model_config_file as the real server parses it; an unparsable file is refused."""
     try:
-        text_format.Parse(path.read_text(), config)
-    except (OSError, text_format.ParseError) as error:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"{path}: {error}") from error
-    return config
-
-
-def version_dirs(base_path: Path) -> dict[int, Path]:
-    """TF Serving's file-system source rule: every integer-named subdirectory is a version
-    (one without a SavedModel then fails to load); other names are ignored."""
-    if not base_path.is_dir():
-        return {}
-    return {int(c.name): c for c in base_path.iterdir() if c.is_dir() and c.name.isdigit()}
+        return model_repository.read_model_server_config(path)
+    except model_repository.RepositoryError as error:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
 
 
 def aspired_versions(model_config, on_disk: set[int]) -> set[int]:
@@ -187,7 +176,7 @@ class ServingCore:
             if name not in configured:
                 self._unload(name, set(self._loaded[name]))
         for name, model in configured.items():
-            on_disk = version_dirs(Path(model.base_path))
+            on_disk = model_repository.version_dirs(Path(model.base_path))
             wanted = aspired_versions(model, set(on_disk))
             loaded = self._loaded.setdefault(name, {})
             self._unload(name, set(loaded) - wanted)

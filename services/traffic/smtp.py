@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
-from headbits.trainer.traffic import names
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.servers import LOOPBACK, free_port
+from headbits.traffic import names
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.servers import LOOPBACK, free_port
 
 GREETINGS = ("ESMTP Postfix (Debian/GNU)", "ESMTP Postfix", "ESMTP Exim 4.96",
              "Microsoft ESMTP MAIL Service ready", "ESMTP Sendmail 8.17.1/8.17.1",

@@ -20,9 +20,9 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
-from headbits.trainer.traffic import names
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.servers import LOOPBACK
+from headbits.traffic import names
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.servers import LOOPBACK
 
 BANNERS = ("(vsFTPd 3.0.3)", "ProFTPD Server (Debian) [::ffff:10.0.0.5]",
            "Microsoft FTP Service", "FileZilla Server 1.8.0", "Pure-FTPd [privsep] [TLS]",

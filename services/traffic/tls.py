@@ -14,10 +14,10 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from headbits.trainer.traffic import names
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.credentials import tls_certificate_files
-from headbits.trainer.traffic.servers import serve_tcp
+from headbits.traffic import names
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.credentials import tls_certificate_files
+from headbits.traffic.servers import serve_tcp
 
 TLS12_SUITES = (
     "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",

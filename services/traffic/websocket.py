@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from websockets.asyncio.server import serve as websocket_serve
 from websockets.sync.client import connect
 
-from headbits.trainer.traffic import names
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.servers import LOOPBACK, event_loop_thread
+from headbits.traffic import names
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.servers import LOOPBACK, event_loop_thread
 
 PATHS = ("/ws", "/socket", "/chat", "/live", "/stream", "/socket.io/?EIO=4&transport=websocket",
          "/graphql", "/updates")

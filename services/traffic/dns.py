@@ -23,9 +23,9 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from headbits.trainer.traffic import names
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.servers import serve_tcp, serve_udp
+from headbits.traffic import names
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.servers import serve_tcp, serve_udp
 
 QUERY_TYPES = ("A", "A", "A", "AAAA", "AAAA", "HTTPS", "MX", "TXT", "NS", "CNAME", "SOA", "PTR",
                "SRV")

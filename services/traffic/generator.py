@@ -18,10 +18,10 @@ from typing import Any
 from tqdm import tqdm
 
 from headbits.common.records import PayloadHead
-from headbits.trainer.traffic import noise
-from headbits.trainer.traffic.base import TrafficProtocol
-from headbits.trainer.traffic.registry import PROTOCOLS, TRAFFIC
-from headbits.trainer.traffic.relay import Flow, random_loopback_host, relay
+from headbits.traffic import noise
+from headbits.traffic.base import TrafficProtocol
+from headbits.traffic.registry import PROTOCOLS, TRAFFIC
+from headbits.traffic.relay import Flow, random_loopback_host, relay
 
 SENSOR = "generated"
 _UID_ALPHABET = string.digits + string.ascii_letters

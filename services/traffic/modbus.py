@@ -21,8 +21,8 @@ from pymodbus.datastore import (
 )
 from pymodbus.server import ModbusTcpServer
 
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.servers import LOOPBACK, event_loop_thread, free_port
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.servers import LOOPBACK, event_loop_thread, free_port
 
 TABLE_SIZE = 1000
 FUNCTIONS = ("read_holding_registers", "read_input_registers", "read_coils",

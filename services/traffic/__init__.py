@@ -5,7 +5,7 @@ between them captures each direction's first bytes as a Zeek sensor would. Runs 
 the same seed asks the same questions (names, offers, paths); nonces and keys still differ.
 """
 
-from headbits.trainer.traffic.generator import ANOMALIES, generate, generate_anomalies
-from headbits.trainer.traffic.registry import PROTOCOLS
+from headbits.traffic.generator import ANOMALIES, generate, generate_anomalies
+from headbits.traffic.registry import PROTOCOLS
 
 __all__ = ["ANOMALIES", "PROTOCOLS", "generate", "generate_anomalies"]

@@ -23,23 +23,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from google.protobuf import text_format
-
+from headbits.common.model_repository import (
+    LABEL_PATTERN,
+    LABELS,
+    ModelVersion,
+    RepositoryError,
+    config_text,
+    list_versions,
+    model_server_config,
+    read_state,
+    state_path,
+    write_atomically,
+)
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
-from headbits.scorer.standin import version_dirs
 
-LABELS = ("stable", "canary")
-LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")  # TF Serving's rule for label names
 BATCHING_FILE = resources.files("headbits.scorer") / "batching.config"
 
 
@@ -66,105 +70,6 @@ class ModelSettings:
         90.0, "without a server: seconds between the two writes (longer than TF Serving's "
         "--model_config_file_poll_wait_seconds plus a version's load time)"
     )
-
-
-class RepositoryError(RuntimeError):
-    """A rollout step that cannot be done; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    version: int
-    path: Path
-    metadata: dict
-
-
-@dataclass
-class RolloutState:
-    """Which version each label names, what is loaded, and how labels got there."""
-
-    labels: dict[str, int] = field(default_factory=dict)
-    previous: dict[str, list[int]] = field(default_factory=dict)  # per label, rollback stack
-    history: list[dict] = field(default_factory=list)
-
-    def loaded(self) -> list[int]:
-        """Versions the server keeps: each label's version and stable's rollback target."""
-        keep = set(self.labels.values())
-        if self.previous.get("stable"):
-            keep.add(self.previous["stable"][-1])
-        return sorted(keep)
-
-    def to_dict(self) -> dict:
-        return {"labels": self.labels, "previous": self.previous, "history": self.history}
-
-    @classmethod
-    def from_dict(cls, document: dict) -> RolloutState:
-        return cls(
-            labels={k: int(v) for k, v in document.get("labels", {}).items()},
-            previous={k: [int(v) for v in vs] for k, vs in document.get("previous", {}).items()},
-            history=list(document.get("history", [])),
-        )
-
-
-def list_versions(models_dir: Path, model_name: str) -> list[ModelVersion]:
-    """The versions TF Serving would see, oldest first, each with its headbits.json."""
-    from headbits.scorer.inprocess import read_metadata
-
-    versions = []
-    for version, path in sorted(version_dirs(models_dir / model_name).items()):
-        try:
-            metadata = read_metadata(path)
-        except (OSError, ValueError) as error:
-            metadata = {"error": str(error)}
-        versions.append(ModelVersion(version, path, metadata))
-    return versions
-
-
-def state_path(config_file: Path) -> Path:
-    return config_file.with_name(config_file.name + ".labels.json")
-
-
-def read_state(config_file: Path) -> RolloutState:
-    path = state_path(config_file)
-    if not path.exists():
-        return RolloutState()
-    try:
-        return RolloutState.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, AttributeError) as error:
-        raise RepositoryError(f"{path}: unreadable rollout state ({error})") from error
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers (TF Serving's config poll) see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def model_server_config(name: str, base_path: str, versions: list[int], labels: dict[str, int]):
-    """TF Serving's ModelServerConfig: these versions loaded, these labels on them."""
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = model_server_config_pb2.ModelServerConfig()
-    model = config.model_config_list.config.add(
-        name=name, base_path=base_path, model_platform="tensorflow"
-    )
-    model.model_version_policy.specific.versions.extend(sorted(versions))
-    for label in sorted(labels):
-        model.version_labels[label] = labels[label]
-    return config
-
-
-def config_text(config) -> str:
-    return text_format.MessageToString(config)
 
 
 class Repository:

@@ -21,8 +21,8 @@ from headbits.common.settings import (
     setting,
     settings_from_args,
 )
-from headbits.trainer.traffic.generator import GenerationError, generate, generate_anomalies
-from headbits.trainer.traffic.registry import PROTOCOLS
+from headbits.traffic.generator import GenerationError, generate, generate_anomalies
+from headbits.traffic.registry import PROTOCOLS
 
 
 @dataclass(frozen=True)

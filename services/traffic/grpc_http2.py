@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.servers import LOOPBACK
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.servers import LOOPBACK
 
 SERVICES = ("inventory.v1.Inventory", "payments.Payments", "telemetry.Collector",
             "auth.v2.Tokens", "search.Index")

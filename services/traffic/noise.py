@@ -12,8 +12,8 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from headbits.trainer.traffic.base import Address, TrafficProtocol
-from headbits.trainer.traffic.servers import serve_tcp
+from headbits.traffic.base import Address, TrafficProtocol
+from headbits.traffic.servers import serve_tcp
 
 
 @dataclass(frozen=True)
