@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from headbits.common.avro import ValueCodec
-from headbits.common.kafka import KafkaSettings, Producer, end_offsets, ensure_topics
+from headbits.common.kafka import KafkaSettings, Producer, ensure_topics, window_offsets
 from headbits.common.records import PayloadHead
 from headbits.devtools import kafka_broker
 from headbits.featurizer.bits import pack_heads
@@ -84,7 +84,7 @@ def produce_heads(settings: KafkaSettings, heads: list[PayloadHead], rate: float
 
 
 def total(settings: KafkaSettings, topic: str) -> int:
-    return sum(end_offsets(settings, topic).values())
+    return sum(end for _, end in window_offsets(settings, topic, since_ms=0).values())
 
 
 def start_service(verb: str, env: dict, *args: str) -> subprocess.Popen:

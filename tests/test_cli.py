@@ -7,6 +7,7 @@ demo, which runs exactly as the README's first command runs it.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,10 @@ def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
     assert "replaying through Kafka" in result.stdout
     assert "connections scored by the scorer service" in result.stdout
     report = (out / "report.md").read_text()
-    assert "anomalous sessions: 4, alerted:" in report.replace("- ", "")
+    caught = re.search(r"anomalous sessions: 4, alerted: (\d+)", report)
+    assert caught, report
+    # SSH on 443, HTTP on 53, TLS on 22 and random bytes on 80 are blatant: nearly all alert.
+    assert int(caught.group(1)) >= 3, report
     assert (out / "errors.png").read_bytes().startswith(b"\x89PNG")
 
 

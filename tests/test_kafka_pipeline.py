@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from confluent_kafka.admin import ConfigResource
 
 from headbits.common.avro import ValueCodec
-from headbits.common.kafka import KafkaSettings, Producer, topic_config
+from headbits.common.kafka import KafkaSettings, Producer, admin
 from headbits.common.protocols import expected_protocol
 from headbits.common.records import PayloadHead
 from headbits.devtools.harness import ServiceProcess, Topics, read_topic
@@ -25,6 +26,13 @@ pytestmark = pytest.mark.kafka
 CAPTURES = ("ndpi/teams.pcap", "ndpi/wechat.pcap", "ndpi/netflix.pcap")
 MODEL_N = 16
 
+
+
+def topic_config(settings: KafkaSettings, name: str, key: str) -> str:
+    """One config value of a topic as the broker reports it (e.g. "retention.ms")."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    client = admin(settings)  # kept referenced until the future resolves
+    return client.describe_configs([resource])[resource].result()[key].value
 
 def produce_heads(settings: KafkaSettings, topic: str, heads: list[PayloadHead]) -> None:
     codec = ValueCodec("payload_head", topic)

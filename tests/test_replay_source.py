@@ -7,29 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from headbits.collector.pcap import LINKTYPE_ETHERNET
 from headbits.collector.sources.base import EndOfSource, Rejected
 from headbits.collector.sources.replay import ReplaySource
 from headbits.common.records import PayloadHead
-from tests.test_pcap import (
-    REQUEST,
-    RESPONSE,
-    V4_CLIENT,
-    V4_SERVER,
-    ethernet,
-    ipv4,
-    tcp_conversation,
-    write_pcap,
-)
-
-
-def capture(tmp_path: Path, name: str, clients: int) -> Path:
-    frames = []
-    for number in range(clients):
-        client = (V4_CLIENT[0], V4_CLIENT[1] + number)
-        packets = tcp_conversation(ipv4, client, V4_SERVER, REQUEST, RESPONSE)
-        frames += [ethernet(ip) for ip in packets]
-    return write_pcap(tmp_path / name, LINKTYPE_ETHERNET, frames)
+from tests.source_helpers import capture
+from tests.test_pcap import REQUEST, RESPONSE
 
 
 def drain(source: ReplaySource, max_items: int = 2) -> list:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 
@@ -18,36 +16,9 @@ from headbits.collector.zeek_event import encode_event
 from headbits.common.records import PayloadHead
 from headbits.devtools.zeek_replay import WebSocketReplayServer, data_messages
 from tests.data import zeek_websocket_api_examples as docs
-from tests.source_helpers import make_heads, read_until
+from tests.source_helpers import RunningServer, make_heads, read_until
 
 TOPIC = "headbits/heads"
-
-
-class RunningServer:
-    def __init__(self, server: WebSocketReplayServer) -> None:
-        self.server = server
-        self.loop = asyncio.new_event_loop()
-        self.listener = self.loop.run_until_complete(server.serve("127.0.0.1", 0))
-        self.port = self.listener.sockets[0].getsockname()[1]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/messages/json"
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            self.listener.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from headbits.collector.sources.base import EndOfSource, Rejected, Source
 from headbits.collector.zeek_event import DEFAULT_TOPIC
+from headbits.common.kafka import HeadsTopic
 from headbits.common.logs import fields
 from headbits.common.records import InvalidRecord, PayloadHead
 from headbits.common.service import DeadLetter, Runtime, ServiceSettings
@@ -34,7 +35,7 @@ PROGRESS_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
-class CollectorSettings(ServiceSettings):
+class CollectorSettings(ServiceSettings, HeadsTopic):
     source: str = setting("websocket", "where heads come from: websocket, broker, replay or "
                                        "heads-file")
     websocket_url: str | None = setting(

@@ -3,24 +3,29 @@
 The `.avsc` files in `schemas/` are the contract of each topic; this module is the only place
 that loads them. Kafka values are written by `ValueCodec`: Confluent framing when a schema
 registry is configured, schemaless Avro with a fingerprint header otherwise.
+
+With a registry, confluent-kafka's `SchemaRegistryClient` does the talking (auth, caching,
+retries); its `AvroSerializer`/`AvroDeserializer` are not used, because they work one message
+per Python call with a serialization context each, accept trailing bytes after a record, and raise
+errors without the reason a dead letter needs. The Confluent wire format itself (magic byte 0, a
+4-byte schema id, the Avro body) is written here in one batch loop.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
 import json
 import struct
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
 import fastavro
 import fastavro.schema
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 
+from headbits.common.kafka.settings import KafkaConnection
 from headbits.common.records import PayloadHead
 
 
@@ -70,46 +75,23 @@ def schema_fingerprint(schema: dict) -> str:
                                        "CRC-64-AVRO")
 
 
-class SchemaRegistry:
-    """The two calls of Confluent's Schema Registry REST API that framing needs, cached.
+def open_registry(settings: KafkaConnection) -> SchemaRegistryClient | None:
+    """The configured schema registry's client, or None without one (schemaless mode).
 
-    `register(subject, schema)` returns the schema id (idempotent on the registry's side);
-    `schema(id)` returns the parsed writer schema of an id. Works with any Confluent-compatible
-    registry (Confluent, Karapace, Apicurio's ccompat API, Redpanda).
+    confluent-kafka's own client (auth, retries, caching of ids and schemas); it works with any
+    Confluent-compatible registry (Confluent, Karapace, Apicurio's ccompat API, Redpanda).
     """
+    if not settings.schema_registry_url:
+        return None
+    config = {"url": settings.schema_registry_url}
+    if settings.schema_registry_auth:
+        config["basic.auth.user.info"] = settings.schema_registry_auth
+    return SchemaRegistryClient(config)
 
-    def __init__(self, url: str, auth: str | None = None, timeout: float = 10.0) -> None:
-        self._url = url.rstrip("/")
-        self._timeout = timeout
-        self._headers = {"Content-Type": "application/vnd.schemaregistry.v1+json"}
-        if auth:
-            token = base64.b64encode(auth.encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
-        self._ids: dict[tuple[str, str], int] = {}
-        self._schemas: dict[int, dict] = {}
 
-    def _call(self, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self._url + path, data=data, headers=self._headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            detail = error.read()[:200]
-            raise DecodeError(f"schema registry {path}: HTTP {error.code} {detail!r}") from error
-
-    def register(self, subject: str, schema: dict) -> int:
-        canonical = fastavro.schema.to_parsing_canonical_form(schema)
-        if (subject, canonical) not in self._ids:
-            answer = self._call(f"/subjects/{subject}/versions", {"schema": canonical})
-            self._ids[(subject, canonical)] = int(answer["id"])
-        return self._ids[(subject, canonical)]
-
-    def schema(self, schema_id: int) -> dict:
-        if schema_id not in self._schemas:
-            answer = self._call(f"/schemas/ids/{schema_id}")
-            self._schemas[schema_id] = fastavro.parse_schema(json.loads(answer["schema"]))
-        return self._schemas[schema_id]
+def _is_unknown_schema(error: SchemaRegistryError) -> bool:
+    """The registry answered that the id does not exist (not that it could not answer)."""
+    return error.http_status_code == 404
 
 
 class ValueCodec:
@@ -123,7 +105,9 @@ class ValueCodec:
     that merely starts like a record is not taken for one.
     """
 
-    def __init__(self, schema_name: str, topic: str, registry: SchemaRegistry | None = None):
+    def __init__(
+        self, schema_name: str, topic: str, registry: SchemaRegistryClient | None = None
+    ) -> None:
         self.schema = load_schema(schema_name)
         self.fingerprint = schema_fingerprint(self.schema)
         self._registry = registry
@@ -135,8 +119,10 @@ class ValueCodec:
             self._prefix = b""
         else:
             self.headers = None
-            schema_id = registry.register(f"{topic}-value", self.schema)
+            canonical = fastavro.schema.to_parsing_canonical_form(self.schema)
+            schema_id = registry.register_schema(f"{topic}-value", Schema(canonical, "AVRO"))
             self._prefix = _CONFLUENT_PREFIX.pack(CONFLUENT_MAGIC, schema_id)
+        self._writers: dict[int, dict] = {}
 
     def encode_many(self, records: Iterable[dict]) -> list[bytes]:
         out = io.BytesIO()
@@ -172,9 +158,24 @@ class ValueCodec:
         if len(value) < _CONFLUENT_PREFIX.size or value[0] != CONFLUENT_MAGIC:
             raise DecodeError("not Confluent-framed Avro (magic byte 0 + schema id)")
         _, schema_id = _CONFLUENT_PREFIX.unpack_from(value)
-        writer = self._registry.schema(schema_id)
+        writer = self._writer_schema(schema_id)
         reader = None if schema_fingerprint(writer) == self.fingerprint else self.schema
         return _read_exactly(value, _CONFLUENT_PREFIX.size, writer, reader)
+
+
+    def _writer_schema(self, schema_id: int) -> dict:
+        """The parsed schema a framed value was written with (parsed once per id)."""
+        if schema_id not in self._writers:
+            try:
+                registered = self._registry.get_schema(schema_id)
+            except SchemaRegistryError as error:
+                if _is_unknown_schema(error):
+                    raise DecodeError(f"schema id {schema_id} is not in the registry") from error
+                raise
+            if registered.schema_type not in (None, "AVRO"):
+                raise DecodeError(f"schema id {schema_id} is {registered.schema_type}, not Avro")
+            self._writers[schema_id] = fastavro.parse_schema(json.loads(registered.schema_str))
+        return self._writers[schema_id]
 
 
 def _read_exactly(value: bytes, start: int, writer: dict, reader: dict | None) -> dict:

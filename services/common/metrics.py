@@ -53,7 +53,14 @@ class ServiceMetrics:
             "consumer_lag_records", "records behind the end of the assigned partitions",
             ["service"], **common,
         ).labels(**labels)
+        self.kafka_client_events = Counter(
+            "kafka_client_log_lines", "lines the Kafka client (librdkafka) logged, by level",
+            ["service", "level"], **common,
+        )
         self._service = service
+
+    def count_kafka_client_event(self, level: str) -> None:
+        self.kafka_client_events.labels(self._service, level).inc()
 
     def count_produced(self, topic: str, count: int) -> None:
         if count:

@@ -21,10 +21,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from headbits.common.settings import setting
+
 MODEL_NAME = "headbits"
 METADATA_FILE = Path("assets.extra") / "headbits.json"
 LABELS = ("stable", "canary")
 LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")  # TF Serving's rule for label names
+
+
+@dataclass(frozen=True)
+class RepositoryLocation:
+    """Where the repository is: shared by every settings class that reads or writes it."""
+
+    models_dir: Path = setting(Path("models"), "model repository base directory")
 
 
 class RepositoryError(RuntimeError):

@@ -19,8 +19,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from headbits.common.avro import DecodeError, SchemaRegistry, ValueCodec
-from headbits.common.kafka import Consumer, KafkaSettings, Message, Producer, ensure_topics
+from headbits.common.avro import DecodeError, ValueCodec, open_registry
+from headbits.common.kafka import (
+    Consumer,
+    DeadLetterTopic,
+    KafkaConnection,
+    Message,
+    Producer,
+    ProducerBuffer,
+    TopicCreation,
+    ensure_topics,
+)
+from headbits.common.kafka.client_log import count_client_events
 from headbits.common.logs import configure_logging, fields
 from headbits.common.metrics import Health, ServiceMetrics, serve
 from headbits.common.settings import setting
@@ -29,8 +39,10 @@ RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
-class ServiceSettings(KafkaSettings):
-    """Settings every service has besides the Kafka ones."""
+class ServiceSettings(KafkaConnection, TopicCreation, ProducerBuffer, DeadLetterTopic):
+    """What every streaming service has: the Kafka connection, topic creation, the producer's
+    buffer, the dead-letter topic, and the loop's own settings; each service adds the topic
+    classes of the topics it reads and writes."""
 
     group_id: str = setting("", "consumer group (default: headbits-<service>)")
     batch_size: int = setting(2000, "largest batch consumed, transformed and produced at once")
@@ -128,11 +140,9 @@ class Runtime:
         if settings.metrics_port >= 0:
             self.http = serve(self.metrics, self.health, settings.metrics_host,
                               settings.metrics_port)
-        self.registry = (
-            SchemaRegistry(settings.schema_registry_url, settings.schema_registry_auth)
-            if settings.schema_registry_url else None
-        )
-        self.producer = Producer(settings)
+        self.registry = open_registry(settings)
+        count_client_events(self.metrics.count_kafka_client_event)
+        self.producer = Producer(settings, settings.producer_buffer_mb)
         self.stop = StopFlag()
         self._codecs: dict[str, ValueCodec] = {}
 

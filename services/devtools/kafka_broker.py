@@ -299,7 +299,7 @@ def _stop(current: DevKafka | None) -> int:
 def _status(current: DevKafka | None) -> int:
     if current is None or not current.is_alive():
         print("not running")
-        return 3
+        return 1
     print(f"running {current.bootstrap_servers} (pid {current.pid}, Kafka {current.version})")
     return 0
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from headbits.common.kafka import FeaturesTopic, HeadsTopic
 from headbits.common.service import Output, ServiceSettings, Stage, Transformed, run_stage
 from headbits.common.settings import add_settings_arguments, settings_from_args
 from headbits.featurizer.transform import featurize
 
 
 @dataclass(frozen=True)
-class FeaturizerSettings(ServiceSettings):
+class FeaturizerSettings(ServiceSettings, HeadsTopic, FeaturesTopic):
     """The featurizer has only the shared service and Kafka settings."""
 
 

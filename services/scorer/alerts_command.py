@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import orjson
 
-from headbits.common.avro import DecodeError, SchemaRegistry, ValueCodec
-from headbits.common.kafka import Consumer, KafkaSettings
+from headbits.common.avro import DecodeError, ValueCodec, open_registry
+from headbits.common.kafka import AlertsTopic, Consumer, KafkaConnection
 from headbits.common.settings import add_settings_arguments, settings_from_args
 
 
 @dataclass(frozen=True)
-class AlertsSettings(KafkaSettings):
+class AlertsSettings(KafkaConnection, AlertsTopic):
     """Only the Kafka settings: which cluster and which alerts topic."""
 
 
@@ -66,8 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(AlertsSettings, args)
-    registry = (SchemaRegistry(settings.schema_registry_url, settings.schema_registry_auth)
-                if settings.schema_registry_url else None)
+    registry = open_registry(settings)
     codec = ValueCodec("alert", settings.alerts_topic, registry)
     consumer = Consumer(
         settings, f"headbits-alerts-tail-{uuid.uuid4().hex[:8]}", [settings.alerts_topic],

@@ -65,12 +65,15 @@ class Scores:
 class ScoringBackend(ABC):
     """Scores batches of packed heads with one model version.
 
-    `info()` returns the model's name, version, N and classes; it may contact the server and
-    raises `BackendUnavailable` if the model cannot be reached. `score(batch)` accepts heads of
-    any N >= the model's N (they are truncated to the model's N) and returns Scores row-aligned
-    with the batch, or raises `BackendUnavailable` (retry later, nothing was scored) or
-    `ValueError` (this input can never be scored). `close()` releases connections; the caller
-    that created the backend closes it.
+    `info()` returns the model's name, version, N and classes. It is cheap enough to call for
+    every batch: a remote backend asks its server the first time and then only after a response
+    named another version (a moved label); it raises `BackendUnavailable` if the model cannot be
+    reached. `score(batch)` accepts heads of any N >= the model's N (they are truncated to the
+    model's N) and returns Scores row-aligned with the batch (an empty batch gives empty Scores),
+    or raises `BackendUnavailable` (retry later, nothing was scored; `ModelChanged` when the
+    model moved to another N meanwhile: call `info()` and build the batch again) or `ValueError`
+    (this input can never be scored). `close()` releases connections; the caller that created
+    the backend closes it.
     """
 
     @abstractmethod
@@ -111,3 +114,8 @@ def disagreement(primary: Scores, shadow: Scores) -> Disagreement:
 
 class BackendUnavailable(RuntimeError):
     """The model cannot answer now (server down, model not loaded); retrying may succeed."""
+
+
+class ModelChanged(BackendUnavailable):
+    """The label moved to a version of another N while a batch was in flight: nothing was
+    scored; `info()` now describes the new version and the batch can be built again."""

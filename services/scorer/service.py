@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from headbits.common.kafka import AlertsTopic, FeaturesTopic, ScoresTopic
 from headbits.common.service import (
     Output,
     Runtime,
@@ -51,7 +52,7 @@ from headbits.scorer.backend import (
 
 
 @dataclass(frozen=True)
-class ScorerSettings(ServiceSettings):
+class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic):
     backend: str = setting("inprocess", "inprocess (SavedModel in this process) or tfserving")
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"

@@ -48,6 +48,7 @@ from headbits.scorer.backend import (
     SCORE_OUTPUTS,
     SIGNATURE_NAME,
     BackendUnavailable,
+    ModelChanged,
     ModelInfo,
     Scores,
     ScoringBackend,
@@ -231,6 +232,13 @@ class TFServingBackend(ScoringBackend):
         )
 
     def info(self) -> ModelInfo:
+        """The model the label named when last asked: learnt from the server on the first call
+        and again only when a Predict response names another version (the label moved)."""
+        with self._info_lock:
+            info = self._info
+        return info if info is not None else self._learn_info()
+
+    def _learn_info(self) -> ModelInfo:
         """Ask the server now: is the model available, which version has the label, N, classes."""
         status_request = get_model_status_pb2.GetModelStatusRequest()
         status_request.model_spec.name = self.model_name
@@ -270,21 +278,25 @@ class TFServingBackend(ScoringBackend):
         return info
 
     def score(self, batch: HeadBatch) -> Scores:
+        first = self.info()
         for _ in range(3):
-            info = self._info or self.info()
+            info = self.info()
             if batch.n < info.n:
+                if info != first:
+                    raise ModelChanged(f"{self.version_label} moved to version {info.version} "
+                                       f"of N={info.n}; these heads were cut to N={batch.n}")
                 raise ValueError(f"heads of N={batch.n} cannot feed a model of N={info.n}")
             request = self.predict_request(batch.truncate(info.n), SCORE_OUTPUTS)
             try:
                 response = self._call(self._predictions.Predict, request)
             except grpc.RpcError as error:
-                if self.info() == info:
+                if self._learn_info() == info:
                     refusal = f"{self.target} refused the batch: {error.details()}"
                     raise ValueError(refusal) from error
                 continue  # the label moved to a version of another N: score with that N
             if response.model_spec.version.value == info.version:
                 return self._scores(response, info, len(batch))
-            self.info()  # the label moved: learn the new version's classes and score again
+            self._learn_info()  # the label moved: learn the new version's classes, score again
         raise BackendUnavailable(f"label {self.version_label} kept moving while scoring")
 
     def close(self) -> None:

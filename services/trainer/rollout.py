@@ -35,6 +35,7 @@ from headbits.common.model_repository import (
     LABELS,
     ModelVersion,
     RepositoryError,
+    RepositoryLocation,
     config_text,
     list_versions,
     model_server_config,
@@ -48,8 +49,7 @@ BATCHING_FILE = resources.files("headbits.scorer") / "batching.config"
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    models_dir: Path = setting(Path("models"), "model repository base directory")
+class ModelSettings(RepositoryLocation):
     model_name: str = setting("headbits", "model name in TF Serving")
     config_file: Path = setting(
         Path("models/models.config"), "TF Serving model_config_file this command writes"

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headbits.common.avro import DecodeError, SchemaRegistry, ValueCodec
+from headbits.common.avro import DecodeError, ValueCodec, open_registry
 from headbits.common.kafka import (
+    FeaturesTopic,
+    KafkaConnection,
     KafkaException,
-    KafkaSettings,
     read_offset_ranges,
     window_offsets,
 )
@@ -64,11 +65,14 @@ PROGRESS_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
-class TrainerSettings(GateSettings, TrainSettings, ModelSettings, KafkaSettings):
+class TrainerSettings(
+    GateSettings, TrainSettings, ModelSettings, KafkaConnection, FeaturesTopic
+):
     """Kafka, model repository (`headbits model`'s names), training and gate settings in one.
 
-    It extends the Kafka settings, not the streaming services' ServiceSettings: the trainer joins
-    no consumer group and serves no /metrics; its exit code and JSON log lines report the run.
+    It extends the Kafka connection and the features topic, not the streaming services'
+    ServiceSettings: the trainer joins no consumer group and serves no /metrics; its exit code
+    and JSON log lines report the run.
     """
 
     window_hours: float = setting(24.0, "train on the features of the last this many hours")
@@ -143,8 +147,7 @@ def read_window(settings: TrainerSettings, log: logging.Logger, now: float) -> W
     log.info("reading window", extra=fields(
         topic=topic, since=since, partitions=len(ranges),
         records=sum(end - start for start, end in ranges.values())))
-    registry = (SchemaRegistry(settings.schema_registry_url, settings.schema_registry_auth)
-                if settings.schema_registry_url else None)
+    registry = open_registry(settings)
     codec = ValueCodec("features", topic, registry)
     counts = WindowCounts()
     sample = Reservoir(settings.max_rows, settings.seed)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from headbits.common.avro import read_heads_file
+from headbits.common.model_repository import RepositoryLocation
 from headbits.common.protocols import UNKNOWN
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 from headbits.trainer import dataset
@@ -34,8 +35,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    models_dir: Path = setting(Path("models"), "model repository base directory")
+class TrainSettings(RepositoryLocation):
     n: int = setting(16, "payload bytes per direction the model reads (8, 16, 32 or 64)")
     baseline: tuple[str, ...] = setting(
         (), "protocols the autoencoder learns as normal (empty: all labelled traffic)"

@@ -86,7 +86,20 @@ and create_topics off when Strimzi owns the topics. Rendered as YAML, read back 
 {{- end }}
 
 {{/*
-The env list of a headbits container: (dict "root" $ "settings" map "kafka" bool).
+The Kafka topics a verb reads or writes, and whether it creates missing topics: each service's
+settings class has exactly these topic settings (services/<stage>/service.py).
+*/}}
+{{- define "headbits.kafkaUse" -}}
+{{- $uses := dict
+  "collector" (dict "topics" (list "heads" "deadletter") "createsTopics" true)
+  "featurizer" (dict "topics" (list "heads" "features" "deadletter") "createsTopics" true)
+  "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter") "createsTopics" true)
+  "trainer" (dict "topics" (list "features") "createsTopics" false) }}
+{{- toYaml (index $uses .) }}
+{{- end }}
+
+{{/*
+The env list of a headbits container: (dict "root" $ "settings" map "kafka" bool "verb" verb).
 Each key is a settings field name and becomes HEADBITS_<NAME>; null values are left to the code's
 default; string values are templates; settings in secretSettings come from their Secrets.
 */}}
@@ -94,7 +107,20 @@ default; string values are templates; settings in secretSettings come from their
 {{- $root := .root }}
 {{- $settings := deepCopy (default dict .settings) }}
 {{- if .kafka }}
-{{- $settings = merge $settings (include "headbits.kafkaSettings" $root | fromYaml) }}
+{{- $kafka := include "headbits.kafkaSettings" $root | fromYaml }}
+{{- $uses := include "headbits.kafkaUse" .verb | fromYaml }}
+{{- range $kind := list "heads" "features" "alerts" "scores" "deadletter" }}
+{{- if not (has $kind $uses.topics) }}
+{{- $_ := unset $kafka (printf "%s_topic" $kind) }}
+{{- $_ := unset $kafka (printf "%s_retention_days" $kind) }}
+{{- end }}
+{{- end }}
+{{- if not $uses.createsTopics }}
+{{- range $name := list "create_topics" "topic_partitions" "topic_replication_factor" }}
+{{- $_ := unset $kafka $name }}
+{{- end }}
+{{- end }}
+{{- $settings = merge $settings $kafka }}
 {{- end }}
 {{- $secrets := $root.Values.secretSettings }}
 {{- range $name := keys $secrets | sortAlpha }}

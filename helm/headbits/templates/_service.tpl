@@ -59,7 +59,7 @@ spec:
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           args: [{{ .verb | quote }}]
           env:
-            {{- include "headbits.settingsEnv" (dict "root" $root "settings" .settings "kafka" true) | trim | nindent 12 }}
+            {{- include "headbits.settingsEnv" (dict "root" $root "settings" .settings "kafka" true "verb" .verb) | trim | nindent 12 }}
           ports:
             - name: metrics
               containerPort: {{ $port }}

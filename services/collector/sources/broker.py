@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from headbits.collector.sources.base import Rejected, Source, SourceItem
+from headbits.collector.sources.base import EndOfSource, Rejected, Source, SourceItem
 from headbits.collector.zeek_event import DEFAULT_TOPIC, EventError, decode_event
 
 LOG = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class BrokerSource(Source):
         self._closed = False
 
     def read(self, max_items: int, timeout: float) -> list[SourceItem]:
+        if self._closed:
+            raise EndOfSource(f"Broker source {self.host}:{self.port} is closed")
         self._log_status()
         if not self._pending:
             ready, _, _ = select.select([self._subscriber.fd()], [], [], timeout)

@@ -1,0 +1,62 @@
+"""The folder tree is the architecture: production stages never import development-only parts.
+
+Imports are read from the source (every `import` and `from ... import`, also inside functions),
+so a lazily imported stand-in is caught as surely as a top-level one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SERVICES = Path(__file__).resolve().parents[1] / "services"
+STAGES = ("collector", "featurizer", "scorer", "trainer")
+# Packages a stage never imports: development-only parts, and for the stages whose images must
+# stay small, TensorFlow.
+FORBIDDEN = {
+    "collector": ("headbits.devtools", "headbits.traffic", "tensorflow"),
+    "featurizer": ("headbits.devtools", "headbits.traffic", "tensorflow"),
+    "scorer": ("headbits.devtools", "headbits.traffic"),
+    "trainer": ("headbits.devtools",),
+    "common": ("headbits.devtools", "headbits.traffic", "tensorflow"),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def modules_of(folder: str) -> list[Path]:
+    return sorted((SERVICES / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_production_code_does_not_import_development_parts(folder: str) -> None:
+    offending = {
+        f"{path.relative_to(SERVICES)} imports {name}"
+        for path in modules_of(folder)
+        for name in imported_modules(path)
+        if any(name == banned or name.startswith(banned + ".") for banned in FORBIDDEN[folder])
+    }
+    assert not offending, sorted(offending)
+
+
+def test_every_stage_folder_is_checked() -> None:
+    folders = {p.name for p in SERVICES.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    assert set(STAGES) <= set(FORBIDDEN)
+    assert folders - set(FORBIDDEN) == {"devtools", "traffic"}, "a new folder needs its rules"
+
+
+def test_the_check_sees_lazy_imports(tmp_path: Path) -> None:
+    module = tmp_path / "lazy.py"
+    module.write_text("def f():\n    from headbits.devtools.harness import Topics\n")
+    assert "headbits.devtools.harness" in imported_modules(module)
