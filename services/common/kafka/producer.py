@@ -85,6 +85,10 @@ class Producer:
                 self.produce(topic, value, key, headers)
         self._producer.poll(0)
 
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports and the client's log lines without producing (an idle loop)."""
+        self._producer.poll(timeout)
+
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until all messages are acknowledged; raise DeliveryFailedError if any was not."""
         remaining = self._producer.flush(timeout)
