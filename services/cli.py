@@ -28,6 +28,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "scorer": ("headbits.scorer.service", "run the scorer service"),
     "trainer": ("headbits.trainer.service", "run the trainer service"),
     "model": ("headbits.trainer.rollout", "list, promote and roll back model versions"),
+    "rollout": ("headbits.trainer.controller", "promote a soaked canary, roll back a bad stable"),
     "alerts": ("headbits.scorer.alerts_command", "read alerts from Kafka"),
     "serving-standin": ("headbits.devtools.tfserving_standin", "TF Serving stand-in (development)"),
     "kafka-dev": ("headbits.devtools.kafka_broker", "a local single-node Kafka for development"),

@@ -46,3 +46,20 @@ def configure_logging(service: str, level: str = "info") -> logging.Logger:
 def fields(**values: object) -> dict:
     """`extra=` argument that adds structured fields to one log line."""
     return {"fields": values}
+
+
+class LogLines:
+    """A writable text file whose every printed line becomes one log line (for code that
+    reports to a file, such as the model repository's messages, inside a JSON-logging job)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self._log.info(line.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        """Log lines are written as they come."""

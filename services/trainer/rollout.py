@@ -103,8 +103,13 @@ class Repository:
         write_atomically(target, BATCHING_FILE.read_text())
         return target
 
-    def move_label(self, label: str, version: int, action: str) -> None:
-        """Point `label` at `version`: load it first, move the label in a second write."""
+    def move_label(
+        self, label: str, version: int, action: str, why: dict | None = None
+    ) -> None:
+        """Point `label` at `version`: load it first, move the label in a second write.
+
+        `why` (the figures behind an automatic decision) is kept in the history entry.
+        """
         if not LABEL_PATTERN.fullmatch(label):
             raise RepositoryError(f"label {label!r} must match [a-zA-Z0-9_]+ (TF Serving's rule)")
         if version not in {v.version for v in self.versions()}:
@@ -133,20 +138,29 @@ class Repository:
             "label": label,
             "from": before,
             "to": version,
+            **({"why": why} if why else {}),
         })
         self.write_config(self.state.loaded(), self.state.labels)
         self.save_state()
         print(f"step 2/2: {label} {before} -> {version}; loaded {self.state.loaded()}",
               file=self.out)
 
-    def promote(self, version: int, label: str) -> None:
-        self.move_label(label, version, "promote")
+    def promote(self, version: int, label: str, why: dict | None = None) -> None:
+        self.move_label(label, version, "promote", why)
 
-    def rollback(self, label: str) -> None:
+    def rollback(self, label: str, why: dict | None = None) -> None:
         stack = self.state.previous.get(label)
         if not stack:
             raise RepositoryError(f"{label} has no earlier version to roll back to")
-        self.move_label(label, stack[-1], "rollback")
+        self.move_label(label, stack[-1], "rollback", why)
+
+    def note(self, action: str, label: str, version: int, why: dict) -> None:
+        """Record a decision that moved no label (e.g. a canary held back) in the history."""
+        self.state.history.append({
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": action, "label": label, "from": version, "to": version, "why": why,
+        })
+        self.save_state()
 
     def wait_available(self, version: int) -> None:
         if not self.settings.server:

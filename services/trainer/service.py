@@ -41,7 +41,7 @@ from headbits.common.kafka import (
     read_offset_ranges,
     window_offsets,
 )
-from headbits.common.logs import configure_logging, fields
+from headbits.common.logs import LogLines, configure_logging, fields
 from headbits.common.model_repository import RepositoryError
 from headbits.common.records import MAX_HEAD_BYTES
 from headbits.common.settings import (
@@ -55,7 +55,14 @@ from headbits.trainer.dataset import LabelledHeads
 from headbits.trainer.gate import GateSettings, failing_metrics, gate_failures, holdout_metrics
 from headbits.trainer.rollout import ModelSettings, Repository
 from headbits.trainer.train import TrainSettings, describe
-from headbits.trainer.window import Reservoir, WindowCounts, labelled_heads, most_recent, screen
+from headbits.trainer.window import (
+    ROW_BYTES,
+    StratifiedReservoir,
+    WindowCounts,
+    labelled_heads,
+    most_recent,
+    screen,
+)
 
 if TYPE_CHECKING:
     from headbits.trainer.model import TrainedModel
@@ -80,7 +87,12 @@ class TrainerSettings(
         0.2, "the most recent part of the window (by connection time) held out to evaluate on"
     )
     max_rows: int = setting(
-        200_000, "parser-labelled rows kept at most (a uniform sample of a larger window)"
+        200_000, "parser-labelled rows kept at most: a sample per protocol and sensor of a "
+                 "larger window (small ones whole, large ones sharing the rest)"
+    )
+    sample_memory_mb: int = setting(
+        2048, "memory the window's sample may use; caps the rows kept below max_rows when "
+              "smaller (about 1.5 kB a row)"
     )
     min_rows: int = setting(1000, "fewer parser-labelled rows in the window: fail, train nothing")
     candidate_label: str = setting("canary", "label a candidate that passes the gate gets")
@@ -95,6 +107,8 @@ class TrainerSettings(
             raise SettingsError(f"window_hours must be positive, not {self.window_hours}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise SettingsError(f"holdout_fraction {self.holdout_fraction} is not in (0, 1)")
+        if self.sample_memory_mb < 1:
+            raise SettingsError(f"sample_memory_mb must be positive, not {self.sample_memory_mb}")
         if not 1 <= self.min_rows <= self.max_rows:
             raise SettingsError(f"need 1 <= min_rows ({self.min_rows}) <= max_rows "
                                 f"({self.max_rows})")
@@ -107,22 +121,6 @@ class TrainerError(RuntimeError):
 def subset(cls: type[SettingsT], settings: TrainerSettings) -> SettingsT:
     """The `cls` settings (one of TrainerSettings' bases) with TrainerSettings' values."""
     return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
-
-
-class LogLines:
-    """A writable file for Repository's messages: each printed line becomes a log line."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self._log = log
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines():
-            if line.strip():
-                self._log.info(line.strip())
-        return len(text)
-
-    def flush(self) -> None:
-        """Log lines are written as they come."""
 
 
 @dataclass
@@ -150,7 +148,7 @@ def read_window(settings: TrainerSettings, log: logging.Logger, now: float) -> W
     registry = open_registry(settings)
     codec = ValueCodec("features", topic, registry)
     counts = WindowCounts()
-    sample = Reservoir(settings.max_rows, settings.seed)
+    sample = StratifiedReservoir(sample_rows(settings), settings.seed)
     first_undecodable = ""
     last_report = time.monotonic()
     for messages in read_offset_ranges(settings, topic, ranges, settings.read_batch_size):
@@ -173,8 +171,15 @@ def read_window(settings: TrainerSettings, log: logging.Logger, now: float) -> W
         log.warning("unusable records skipped", extra=fields(
             count=counts.unusable, reasons=dict(counts.unusable_reasons),
             first=counts.first_unusable))
+    counts.duplicates = sample.duplicates
+    counts.strata = sample.strata()
     log.info("window read", extra=fields(**counts.to_dict(), sampled_rows=len(sample.items)))
     return Window(sample.items, counts, since, now)
+
+
+def sample_rows(settings: TrainerSettings) -> int:
+    """Rows the window's sample may keep: max_rows, or fewer when the memory budget says so."""
+    return max(1, min(settings.max_rows, settings.sample_memory_mb * 2**20 // ROW_BYTES))
 
 
 def version_figures(version_dir: Path, holdout: LabelledHeads, baseline: tuple[str, ...]) -> dict:

@@ -24,32 +24,139 @@ from headbits.trainer.dataset import LabelledHeads
 
 PARSER_CONFIRMED = "zeek"
 GROUP_SECONDS = 3600
+# Memory a sampled feature record takes in this process (the decoded record, N=64, and its uid
+# in the duplicate check), measured with tracemalloc and rounded up; bench/trainer.py checks it.
+ROW_BYTES = 1536
 
 
 class Reservoir:
     """A uniform sample of at most `capacity` items of a stream of unknown length (Vitter's
     algorithm R), fed batch by batch, so a window of any size fits in bounded memory."""
 
-    def __init__(self, capacity: int, seed: int) -> None:
+    def __init__(self, capacity: int, seed: int | np.random.Generator) -> None:
         if capacity < 1:
             raise ValueError(f"a reservoir holds at least one item, not {capacity}")
         self.capacity = capacity
         self.items: list = []
         self.seen = 0
-        self._rng = np.random.default_rng(seed)
+        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
-    def add(self, items: Sequence) -> None:
-        room = self.capacity - len(self.items)
-        self.items.extend(items[:room])
+    def add(self, items: Sequence) -> tuple[list, list]:
+        """Offer `items`; returns (the offered items taken in, the items pushed out), in the
+        order it happened (an item taken in may be pushed out again by a later one)."""
+        room = max(0, self.capacity - len(self.items))
+        taken = list(items[:room])
+        self.items.extend(taken)
         rest = items[room:]
-        self.seen += len(items) - len(rest)
-        if not rest:
-            return
-        # Item k (1-based, over the whole stream) replaces slot j ~ U[0, k) when j < capacity.
-        slots = self._rng.integers(0, self.seen + np.arange(1, len(rest) + 1))
-        for index in np.flatnonzero(slots < self.capacity).tolist():
-            self.items[slots[index]] = rest[index]
-        self.seen += len(rest)
+        self.seen += len(taken)
+        evicted = []
+        if rest:
+            # Item k (1-based, over the stream) replaces slot j ~ U[0, k) when j < capacity.
+            slots = self._rng.integers(0, self.seen + np.arange(1, len(rest) + 1))
+            for index in np.flatnonzero(slots < self.capacity).tolist():
+                evicted.append(self.items[slots[index]])
+                self.items[slots[index]] = rest[index]
+                taken.append(rest[index])
+            self.seen += len(rest)
+        return taken, evicted
+
+    def shrink(self, capacity: int) -> list:
+        """Keep a uniform `capacity`-subset (still a uniform sample of everything seen, so
+        algorithm R continues from it unchanged); returns the items dropped."""
+        if capacity < 1:
+            raise ValueError(f"a reservoir holds at least one item, not {capacity}")
+        dropped = []
+        if len(self.items) > capacity:
+            keep = np.zeros(len(self.items), dtype=bool)
+            keep[self._rng.choice(len(self.items), capacity, replace=False)] = True
+            dropped = [item for item, kept in zip(self.items, keep, strict=True) if not kept]
+            self.items = [item for item, kept in zip(self.items, keep, strict=True) if kept]
+        self.capacity = capacity
+        return dropped
+
+
+def water_level(demands: Sequence[int], budget: int) -> int:
+    """The per-stratum cap L: strata below it keep every row, the larger share the rest.
+
+    When the demands exceed the budget, L is the largest cap with sum(min(demand, L)) <= budget;
+    while they fit, L leaves the spare room to any one stratum (the budget less all the others).
+    As a window is read the demands only grow, so L only falls: a stratum that once filled its
+    cap is never asked to grow back, which a sample that has already dropped rows could not do
+    uniformly.
+    """
+    ordered = sorted(demands)
+    if sum(ordered) <= budget:
+        return max(1, budget - sum(ordered) + max(ordered, default=0))
+    remaining, left = budget, len(ordered)
+    for demand in ordered:
+        share = remaining // left
+        if demand > share:
+            return max(1, share)
+        remaining -= demand
+        left -= 1
+    raise AssertionError("unreachable: the demands exceed the budget")
+
+
+class StratifiedReservoir:
+    """Uniform samples per stratum (protocol and sensor) within one row budget, deduplicated
+    by uid.
+
+    A 30-day window is dominated by a few protocols and sensors; a uniform sample of it would
+    teach the classifier little about the rest. Each stratum keeps a uniform sample of its own
+    rows, capped by the water level of the budget over the strata seen so far, so small strata
+    are kept whole and large ones share the rest. At-least-once delivery can repeat a record:
+    a uid already kept is not kept twice (a repeat of a uid not kept gets the chance any row
+    gets, a bias of the order of the duplicate rate).
+    """
+
+    def __init__(self, budget_rows: int, seed: int) -> None:
+        if budget_rows < 1:
+            raise ValueError(f"a sample holds at least one row, not {budget_rows}")
+        self.budget_rows = budget_rows
+        self.duplicates = 0
+        self._rng = np.random.default_rng(seed)
+        self._strata: dict[tuple[str, str], Reservoir] = {}
+        self._uids: set[str] = set()
+
+    def add(self, records: Sequence[dict]) -> None:
+        """Add a batch of screened feature records (each with uid, sensor, expected_protocol)."""
+        by_stratum: dict[tuple[str, str], list[dict]] = {}
+        offered: set[str] = set()
+        for record in records:
+            uid = record["uid"]
+            if uid in self._uids or uid in offered:
+                self.duplicates += 1
+                continue
+            offered.add(uid)
+            by_stratum.setdefault((record["expected_protocol"], record["sensor"]), []).append(
+                record)
+        for key, rows in by_stratum.items():
+            if key not in self._strata:
+                self._strata[key] = Reservoir(self.budget_rows, self._rng)
+            taken, evicted = self._strata[key].add(rows)
+            self._uids.update(record["uid"] for record in taken)
+            self._uids.difference_update(record["uid"] for record in evicted)
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        level = water_level([r.seen for r in self._strata.values()], self.budget_rows)
+        for reservoir in self._strata.values():
+            if reservoir.capacity > level:
+                dropped = reservoir.shrink(level)
+                self._uids.difference_update(record["uid"] for record in dropped)
+
+    @property
+    def items(self) -> list[dict]:
+        return [item for reservoir in self._strata.values() for item in reservoir.items]
+
+    @property
+    def seen(self) -> int:
+        return sum(reservoir.seen for reservoir in self._strata.values())
+
+    def strata(self) -> dict[str, dict[str, int]]:
+        """Per stratum ("protocol@sensor"): rows seen and rows kept."""
+        return {f"{protocol}@{sensor}": {"seen": r.seen, "kept": len(r.items)}
+                for (protocol, sensor), r in sorted(self._strata.items())}
 
 
 @dataclass
@@ -63,6 +170,8 @@ class WindowCounts:
     first_unusable: str = ""
     unusable_reasons: Counter = field(default_factory=Counter)
     labels: Counter = field(default_factory=Counter)
+    duplicates: int = 0  # parser-labelled records whose uid was already sampled
+    strata: dict = field(default_factory=dict)  # "protocol@sensor" -> rows seen and kept
 
     @property
     def read(self) -> int:
@@ -77,6 +186,8 @@ class WindowCounts:
             "port_labelled_left_out": self.port_labelled,
             "parser_labelled": self.parser_labelled,
             "parser_labels": dict(self.labels.most_common()),
+            "duplicate_uids": self.duplicates,
+            "strata": self.strata,
         }
 
 
