@@ -4,7 +4,8 @@ Starts the development Kafka broker (or uses --bootstrap-servers), writes synthe
 records (skewed over 12 protocols and 6 sensors, parser-confirmed, 1 % redelivered duplicates)
 to a fresh features topic per size, then runs the trainer's own window reader
 (`headbits.trainer.service.read_window`, with its stratified reservoir and memory budget) in a
-fresh process and reports its peak RSS (VmHWM) and records read per second. The budget is the
+fresh process and reports its peak RSS (VmHWM), its RSS before the first record (the
+interpreter, TensorFlow and the Kafka client), and records read per second. The budget is the
 trainer's setting (`--sample-memory-mb`, default 2048) with `max_rows` lifted so that the budget,
 not the row cap, bounds the sample. The last line is a JSON object.
 
@@ -35,13 +36,16 @@ READER = """
 import json, logging, sys, time
 from headbits.trainer.service import TrainerSettings, read_window
 settings = TrainerSettings(**json.loads(sys.argv[1]))
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status")
+                if line.startswith(key)) / 1024
+baseline = status("VmRSS")  # the interpreter, TensorFlow and the clients, before any record
 started = time.monotonic()
 window = read_window(settings, logging.getLogger("bench"), time.time() + 60)
 seconds = time.monotonic() - started
-rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"read": window.counts.read, "kept": len(window.records),
                   "duplicates": window.counts.duplicates, "seconds": seconds,
-                  "peak_rss_mb": rss / 1024}))
+                  "peak_rss_mb": status("VmHWM"), "baseline_rss_mb": baseline}))
 """
 
 
@@ -104,13 +108,15 @@ def main() -> None:
             print(f"{size:>10,} rows: read {figures['read']:,} in {figures['seconds']:.1f} s "
                   f"({figures['rows_per_s']:,.0f}/s), kept {figures['kept']:,}, "
                   f"{figures['duplicates']:,} duplicates dropped, peak RSS "
-                  f"{figures['peak_rss_mb']:.0f} MB", flush=True)
+                  f"{figures['peak_rss_mb']:.0f} MB ({figures['baseline_rss_mb']:.0f} MB before "
+                  "the first record)", flush=True)
     finally:
         if broker is not None:
             broker.stop()
     print(json.dumps({
         "sample_memory_mb": args.sample_memory_mb,
         "peak_rss_mb": {size: round(f["peak_rss_mb"], 1) for size, f in results.items()},
+        "baseline_rss_mb": {size: round(f["baseline_rss_mb"], 1) for size, f in results.items()},
         "rows_per_s": {size: round(f["rows_per_s"]) for size, f in results.items()},
         "kept_rows": {size: f["kept"] for size, f in results.items()},
     }))

@@ -10,6 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests check results, not speed: on a shared 2-core machine a case can take far longer
+# than Hypothesis' default 200 ms deadline, which would only make the suite flaky. Speed goals
+# live in bench/.
+settings.register_profile("headbits", deadline=None)
+settings.load_profile("headbits")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_PCAPS = PROJECT_ROOT.parent / "shared" / "data" / "pcaps"
