@@ -1,9 +1,9 @@
 """A real Confluent-compatible schema registry for development and tests: Apicurio Registry.
 
-Development-only in one sense alone: it is a real registry, Apicurio Registry (its `ccompat` API
-speaks Confluent Schema Registry's REST protocol, the one `confluent_kafka.schema_registry` and
-the services use), started locally with in-memory storage. Production points
-`schema_registry_url` at its own registry.
+A development stand-in only in the sense that it is started locally for tests: the registry
+itself is real, Apicurio Registry, whose `ccompat` API speaks Confluent Schema Registry's REST
+protocol (the one `confluent_kafka.schema_registry` and the services use), here with in-memory
+storage. Production points `schema_registry_url` at its own registry.
 
 `start()` builds the registry once with Maven (the version is pinned below) into a cache under
 ~/.cache/headbits/schema-registry (never in the work tree), starts it on a free loopback port,
@@ -17,13 +17,13 @@ Why the build looks the way it does:
   pom uses, importing that parent pom for the versions of everything else.
 - That jar carries no bean index, so the build is told to index it (`quarkus.index-dependency`);
   without it Quarkus finds none of its beans and refuses to build.
-- 2.4.2.Final is the newest release whose whole dependency closure resolved from Maven Central
-  when this was pinned (2.6.13.Final and 3.3.3 lack `apicurio-registry-schema-util-provider`
-  there, 3.0.9 and 3.3.2 their parent pom). Two of its dependencies are swapped for the same code
-  under coordinates Maven Central has: the JSON-schema validator `org.everit.json.schema`
-  (published on JitPack) for `com.github.erosb:everit-json-schema`, and the Quarkus extension
-  `apicurio-common-app-components-config-index` 0.1.18.Final, whose `-deployment` half is
-  missing, for 0.1.10.Final.
+- 2.4.2.Final is the newest release that could be built from Maven Central when this was
+  pinned: 2.5.11.Final, 2.6.13.Final and 3.3.3 lack `apicurio-registry-schema-util-provider`
+  there, 3.0.9 and 3.3.2 their parent pom. Even 2.4.2.Final needs two swaps: the JSON-schema
+  validator `com.github.everit-org.json-schema` (published on JitPack only) is replaced by the
+  same library as `com.github.erosb:everit-json-schema`, and the Quarkus extension
+  `apicurio-common-app-components-config-index` is held at 0.1.10.Final, because the
+  `-deployment` half of the 0.1.18.Final it asks for is missing there.
 """
 
 from __future__ import annotations
