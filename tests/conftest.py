@@ -46,3 +46,20 @@ def kafka_bootstrap():
         yield broker.bootstrap_servers
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url():
+    """Confluent-compatible API base URL of a real schema registry started for this session.
+
+    `headbits.devtools.schema_registry` builds Apicurio Registry once with Maven (cached outside
+    the project) and starts it on a free loopback port with in-memory storage; it is stopped, and
+    its files removed, when the session ends. Tests use their own subject names.
+    """
+    from headbits.devtools import schema_registry
+
+    registry = schema_registry.start()
+    try:
+        yield registry.url
+    finally:
+        registry.stop()

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +28,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from headbits.devtools.jvm import DevToolError, find_java, free_port, is_alive, maven, terminate
 
 KAFKA_VERSION = "4.4.0"
 SCALA_VERSION = "2.13"
@@ -90,7 +89,7 @@ _LOG4J2 = """Configuration:
 """
 
 
-class DevKafkaError(RuntimeError):
+class DevKafkaError(DevToolError):
     """The development broker could not be fetched, started or reached; the message says why."""
 
 
@@ -108,31 +107,16 @@ def fetch_jars(version: str = KAFKA_VERSION, quiet: bool = True) -> Path:
     done = lib / ".complete"
     if done.is_file():
         return lib
-    if shutil.which("mvn") is None:
-        raise DevKafkaError("mvn is not on PATH: install Maven (apt-get install maven) and Java 17")
     build = lib.parent / "build"
     build.mkdir(parents=True, exist_ok=True)
     (build / "pom.xml").write_text(
         _POM.format(scala=SCALA_VERSION, kafka=version, log4j=LOG4J_VERSION)
     )
-    command = [
-        "mvn", "-B", *(["-q"] if quiet else []), "-f", str(build / "pom.xml"),
-        f"-Dmaven.repo.local={lib.parent / 'm2'}",
-        "dependency:copy-dependencies", "-DincludeScope=runtime",
-        f"-DoutputDirectory={lib}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr)[-2000:]
-        raise DevKafkaError(f"Maven could not fetch Kafka {version} jars:\n{tail}")
+    goals = ["dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={lib}"]
+    maven(build / "pom.xml", lib.parent / "m2", goals, f"fetch Kafka {version} jars", quiet,
+          DevKafkaError)
     done.write_text(version)
     return lib
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _cluster_id() -> str:
@@ -176,23 +160,11 @@ class DevKafka:
     version: str
 
     def is_alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        return is_alive(self.pid)
 
     def stop(self, timeout: float = 30.0, remove: bool = True) -> None:
         """SIGTERM (Kafka's clean shutdown), SIGKILL after `timeout`, then remove its files."""
-        if self.is_alive():
-            os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.is_alive() and time.monotonic() < deadline:
-                _reap(self.pid)
-                time.sleep(0.1)
-            if self.is_alive():
-                os.kill(self.pid, signal.SIGKILL)
-                _reap(self.pid, block=True)
+        terminate(self.pid, timeout)
         if remove:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -207,19 +179,6 @@ class DevKafka:
         state = json.loads(text)
         return cls(state["bootstrap_servers"], state["pid"], Path(state["run_dir"]),
                    state["version"])
-
-
-def _reap(pid: int, block: bool = False) -> None:
-    """Collect our child's exit status so it does not linger as a zombie (no-op otherwise)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0 if block else os.WNOHANG)
-
-
-def _java() -> str:
-    java = shutil.which("java")
-    if java is None:
-        raise DevKafkaError("java is not on PATH: Kafka 4 needs Java 17 or newer")
-    return java
 
 
 def start(
@@ -240,7 +199,7 @@ def start(
     config.write_text(_server_properties(run_dir, port, controller_port, partitions))
     (run_dir / "log4j2.yaml").write_text(_LOG4J2)
     java = [
-        _java(), HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        find_java("Kafka 4", DevKafkaError), HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={run_dir / 'log4j2.yaml'}",
         f"-Dkafka.logs.dir={run_dir}", "-cp", f"{lib}/*",
     ]
