@@ -14,6 +14,7 @@ from headbits.trainer.calibrate import (
     bit_weights,
     class_thresholds,
     has_own_threshold,
+    tail_calibration,
     threshold_at_fpr,
 )
 
@@ -134,3 +135,31 @@ def test_bad_bit_weight_input_is_refused():
         bit_weights(np.ones(3), np.ones(2))
     with pytest.raises(ValueError, match="non-negative"):
         bit_weights(-np.ones(2), np.ones(2))
+
+
+# Novelty scores are float32 distances; keys add a segment index to s / (1 + s) in float64, which
+# resolves every float32 score in this range (scores below it compare as equal).
+scores_strategy = st.floats(0.125, 1e5, width=32) | st.sampled_from([0.0, 1.0, 2.5])
+
+
+@given(st.lists(scores_strategy, min_size=1, max_size=300),
+       st.lists(scores_strategy, min_size=1, max_size=50),
+       st.integers(1, 3), st.integers(1, 50))
+def test_tail_probability_counts_held_out_scores_at_least_as_high(calibration, new, classes,
+                                                                  min_rows):
+    predicted = np.arange(len(calibration)) % classes
+    tails = tail_calibration(np.array(calibration), predicted, classes, min_rows)
+    new_class = np.arange(len(new)) % classes
+    found = tails.tail_probability(np.array(new), new_class)
+    for value, cls, tail in zip(new, new_class, found, strict=True):
+        own = np.array(calibration)[predicted == cls]
+        reference = own if len(own) >= min_rows else np.array(calibration)
+        expected = ((reference >= value).sum() + 1) / (len(reference) + 1)
+        assert tail == pytest.approx(expected, rel=1e-6)
+
+
+def test_tail_calibration_refuses_bad_scores():
+    with pytest.raises(ValueError, match="no held-out"):
+        tail_calibration(np.array([]), np.array([], int), 2, 1)
+    with pytest.raises(ValueError, match="non-negative"):
+        tail_calibration(np.array([-1.0]), np.array([0]), 2, 1)
