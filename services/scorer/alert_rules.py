@@ -51,6 +51,9 @@ class AlertRule:
             raise ValueError(f"alert rate {self.alert_rate} is not in (0, 1)")
 
 
+DEFAULT_RULE = AlertRule()
+
+
 def last_per_uid(records: list[dict]) -> list[int]:
     """Indices of the last record of each uid, in input order."""
     last = {record["uid"]: index for index, record in enumerate(records)}
@@ -105,7 +108,7 @@ class Verdicts:
     alert_midstream: bool = False
 
     @classmethod
-    def of(cls, records: list[dict], scores: Scores, rule: AlertRule = AlertRule()) -> Verdicts:
+    def of(cls, records: list[dict], scores: Scores, rule: AlertRule = DEFAULT_RULE) -> Verdicts:
         classes = {name: index for index, name in enumerate(scores.model.classes)}
         classes.pop(UNKNOWN, None)
         count = len(records)
@@ -201,7 +204,7 @@ def deviating_offsets(top_bytes: np.ndarray, length: int) -> list[int]:
 
 
 def score_records(
-    records: list[dict], batch: HeadBatch, scores: Scores, rule: AlertRule = AlertRule()
+    records: list[dict], batch: HeadBatch, scores: Scores, rule: AlertRule = DEFAULT_RULE
 ) -> tuple[list[dict], list[dict]]:
     """(alerts, scores): Alert records (schemas/alert.avsc) and Score records for every row."""
     verdicts = Verdicts.of(records, scores, rule)

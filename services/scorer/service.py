@@ -34,6 +34,7 @@ from headbits.common.settings import (
     settings_from_args,
 )
 from headbits.scorer.alert_rules import (
+    DEFAULT_RULE,
     AlertRule,
     Verdicts,
     alert_records,
@@ -78,7 +79,7 @@ class ScorerStage(Stage):
 
     def __init__(
         self, backend: ScoringBackend, alerts_topic: str, scores_topic: str | None,
-        shadow: ScoringBackend | None = None, rule: AlertRule = AlertRule(),
+        shadow: ScoringBackend | None = None, rule: AlertRule = DEFAULT_RULE,
     ):
         if shadow is not None and scores_topic is None:
             raise ValueError("shadow scoring writes to the scores topic: give scores_topic")
