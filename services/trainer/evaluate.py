@@ -93,12 +93,13 @@ def alert_margin(scores: Scores, claimed: str) -> np.ndarray:
 def cross_validate(
     train_only: LabelledHeads, evaluated: LabelledHeads, n: int, settings: EvalSettings,
     progress: bool = True, fixed_folds: np.ndarray | None = None,
-    folds_to_run: tuple[int, ...] | None = None,
+    folds_to_run: tuple[int, ...] | None = None, baseline: tuple[str, ...] | None = None,
 ) -> HeldOutScores:
     """Held-out scores of every row, each from the model of the fold that did not train on it.
 
     `fixed_folds` (a fold per row) replaces the hash of the capture file; `folds_to_run` limits
-    the folds trained (rows of the others keep NaN scores and are left out of the figures).
+    the folds trained (rows of the others keep NaN scores and are left out of the figures);
+    `baseline` replaces the protocol the autoencoder learns (empty: every labelled protocol).
     """
     fold_of_row = (dataset.group_fold(evaluated.groups, settings.folds, settings.seed)
                    if fixed_folds is None else fixed_folds)
@@ -111,7 +112,8 @@ def cross_validate(
     trained_protocol = np.zeros(len(evaluated), dtype=bool)
     classes_per_fold = []
     train_settings = TrainSettings(
-        n=n, baseline=(settings.baseline,), min_class_rows=settings.min_class_rows,
+        n=n, baseline=(settings.baseline,) if baseline is None else baseline,
+        min_class_rows=settings.min_class_rows,
         max_epochs=settings.max_epochs, seed=settings.seed,
     )
     folds = range(settings.folds) if folds_to_run is None else folds_to_run
@@ -278,8 +280,9 @@ def leave_protocol_out(
         # The left-out protocol's flows sit in the "held-out" fold wherever their file is, so
         # no fold trains on them; everything else keeps its file's fold.
         folds = np.where(labels == protocol, fold, fold_of_row)
+        # The autoencoder learns every trained protocol: the left-out one may be the baseline.
         scores = cross_validate(train_only, evaluated, n, settings, progress=False,
-                                fixed_folds=folds, folds_to_run=(fold,))
+                                fixed_folds=folds, folds_to_run=(fold,), baseline=())
         judged = judged_rows(scores)
         novel = judged & (labels == protocol)
         normal = judged & scores.trained_protocol & (labels != UNKNOWN)
