@@ -73,8 +73,9 @@ def test_score_ranks_every_connection_of_the_captures(models_dir, shared_pcaps, 
     assert main(["score", *map(str, paths), "--model", str(models_dir), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {row["uid"] for row in rows} == expected_uids
-    ratios = [row["score"] / row["threshold"] for row in rows]
-    assert ratios == sorted(ratios, reverse=True)
+    # Most novel first (calibrated tail), ties by error relative to the row's threshold.
+    ranks = [(row["tail_probability"], -row["score"] / row["threshold"]) for row in rows]
+    assert ranks == sorted(ranks)
     predicted = {row["predicted_protocol"] for row in rows}
     assert {"ssh", "http"} <= predicted, "the model trained on generated traffic misses real ones"
 
@@ -97,9 +98,20 @@ def test_eval_writes_tables_plots_and_json(heads_file, shared_pcaps, tmp_path, c
     code = main(["eval", "--captures", *map(str, captures), "--heads", str(heads_file),
                  "--labels", str(shared_pcaps / "LABELS.tsv"),
                  "--n-values", "8", "--folds", "2", "--max-epochs", "5", "--bootstrap", "10",
-                 "--min-class-rows", "5", "--out-dir", str(out), "--json"])
+                 "--min-class-rows", "5", "--out-dir", str(out), "--leave-protocol-out", "1",
+                 "--json"])
     assert code == 0
     results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rates = results["by_n"]["8"]["alert_rates"]
+    assert [row["target"] for row in rates["targets"]] == [0.001, 0.01]
+    assert rates["normal_rows"] > 0
+    for row in rates["targets"]:
+        assert 0.0 <= row["measured"] <= 1.0 and row["low"] <= row["high"]
+    (left_out,) = results["leave_protocol_out"]["protocols"]
+    assert left_out["protocol"] in ("tls", "http") and left_out["novel_rows"] > 0
+    assert 0.0 <= left_out["recall_at_0.01"] <= 1.0
+    assert (out / "rates_n8.png").read_bytes().startswith(b"\x89PNG")
+    assert "Leave-protocol-out" in (out / "report.md").read_text()
     pairs = {pair["protocol"]: pair for pair in results["by_n"]["8"]["pairs"]}
     assert "http" in pairs
     assert 0.0 <= pairs["http"]["auroc"] <= 1.0
@@ -109,6 +121,37 @@ def test_eval_writes_tables_plots_and_json(heads_file, shared_pcaps, tmp_path, c
     for name in ("errors_n8.png", "roc_n8.png", "confusion_n8.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     assert "| tls vs |" in (out / "report.md").read_text()
+
+
+def test_eval_trains_on_one_corpus_and_tests_on_another(heads_file, shared_pcaps, tmp_path,
+                                                        capsys):
+    import csv
+
+    names = _corpus_files(shared_pcaps, ("tls", "http"), 8)
+    test_names = set(names[::4])
+    corpus = tmp_path / "other-corpus"
+    for name in test_names:
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).symlink_to(shared_pcaps / name)
+    for table in ("MANIFEST.tsv", "LABELS.tsv"):
+        with (shared_pcaps / table).open(newline="") as source, \
+                (corpus / table).open("w", newline="") as target:
+            rows = csv.DictReader(source, delimiter="\t")
+            writer = csv.DictWriter(target, rows.fieldnames, delimiter="\t")
+            writer.writeheader()
+            writer.writerows(row for row in rows if row["file"] in test_names)
+    train = [shared_pcaps / name for name in names if name not in test_names]
+    code = main(["eval", "--captures", *map(str, train), "--heads", str(heads_file),
+                 "--labels", str(shared_pcaps / "LABELS.tsv"), "--test-corpus", str(corpus),
+                 "--n-values", "8", "--folds", "2", "--max-epochs", "5", "--bootstrap", "10",
+                 "--min-class-rows", "5", "--out-dir", str(tmp_path / "report"), "--json"])
+    assert code == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results["test_corpus_rows"] > 0
+    classifier = results["by_n"]["8"]["classifier"]
+    # Only the other corpus's flows are graded: the held-out rows are exactly its rows.
+    assert classifier["rows"] <= results["test_corpus_rows"]
+    assert results["by_n"]["8"]["alert_rates"]["normal_rows"] <= results["test_corpus_rows"]
 
 
 def _corpus_files(corpus: Path, protocols: tuple[str, ...], per_protocol: int) -> list[str]:

@@ -23,14 +23,17 @@ from headbits.scorer.backend import (
     MODEL_NAME,
     OUTPUT_CLASSES,
     OUTPUT_DIRECTION_ERROR,
+    OUTPUT_NOVELTY_SCORE,
     OUTPUT_PROTOCOL_PROBS,
     OUTPUT_RECONSTRUCTION_ERROR,
+    OUTPUT_TAIL_PROBABILITY,
     OUTPUT_THRESHOLD,
+    OUTPUT_TOP_BYTES,
     SIGNATURE_NAME,
 )
 from headbits.scorer.inprocess import SavedModelBackend
 from headbits.trainer.export import export_model
-from headbits.trainer.model import TrainedModel, TrainingConfig, train
+from headbits.trainer.model import TOP_BYTES, TrainedModel, TrainingConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -199,6 +202,9 @@ def test_signature_is_exactly_the_contract(exported):
         OUTPUT_DIRECTION_ERROR: (tf.float32, [None, 2]),
         OUTPUT_PROTOCOL_PROBS: (tf.float32, [None, len(CLASSES)]),
         OUTPUT_THRESHOLD: (tf.float32, [None]),
+        OUTPUT_NOVELTY_SCORE: (tf.float32, [None]),
+        OUTPUT_TAIL_PROBABILITY: (tf.float32, [None]),
+        OUTPUT_TOP_BYTES: (tf.int32, [None, 2, min(TOP_BYTES, N)]),
         OUTPUT_CLASSES: (tf.string, [None, len(CLASSES)]),
     }
     assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in outputs.items()} == expected
@@ -281,3 +287,35 @@ def test_default_code_is_narrower_than_the_head(n):
     # A code as wide as the head lets the decoder copy a foreign opening through unflagged.
     assert TrainingConfig(n=n).code_size == n // 2
     assert TrainingConfig(n=n, bottleneck=3).code_size == 3
+
+
+def test_tail_probability_is_calibrated_on_the_held_out_rows(trained, splits):
+    validation, _ = splits["validation"]
+    tails = trained.score(validation).tail_probability
+    assert np.all((tails > 0) & (tails <= 1))
+    for rate in (0.01, 0.05, 0.2):
+        # Conformal: at most `rate` of the calibration rows themselves lie at or below it.
+        assert np.mean(tails <= rate) <= rate + 1 / len(tails)
+
+
+def test_heads_unlike_any_training_protocol_are_novel(trained, splits):
+    batch, _ = splits["test"]
+    rng = np.random.default_rng(5)
+    modbus = [bytes([0, i % 256, 0, 0, 0, 6, 1, 3, 0, 0, 0, 10]) for i in range(100)]
+    foreign = pack_heads(modbus, [bytes(rng.integers(0, 256, 9, dtype=np.uint8))
+                                  for _ in range(100)], N)
+    known = trained.score(batch)
+    novel = trained.score(foreign)
+    assert np.median(novel.novelty_score) > np.quantile(known.novelty_score, 0.99)
+    assert np.mean(novel.tail_probability <= 0.01) >= 0.9
+    assert np.mean(known.tail_probability <= 0.01) <= 0.05
+
+
+def test_top_bytes_name_the_byte_that_was_changed(trained, splits):
+    batch, labels = splits["test"]
+    tls = batch.select(labels == 0)  # the autoencoder's normal traffic
+    changed = tls.head_bytes.copy()
+    changed[:, 1] ^= 0xFF  # the record's major version, 0x03 in every ClientHello
+    scores = trained.score(HeadBatch(changed, tls.head_lengths))
+    assert np.mean(scores.top_bytes[:, 0, 0] == 1) >= 0.9
+    assert scores.top_bytes.shape == (len(tls), 2, min(TOP_BYTES, N))

@@ -46,6 +46,12 @@ class PayloadHead:
     orig_gap: bool
     resp_gap: bool
 
+    @property
+    def midstream(self) -> bool:
+        """The start of some direction's stream was not seen (a gap flag): its head is no
+        protocol's opening, so opening-bytes models score it but must not judge or learn it."""
+        return self.orig_gap or self.resp_gap
+
     def validate(self, max_head_bytes: int = MAX_HEAD_BYTES) -> PayloadHead:
         """Return self, or raise InvalidRecord naming the first field that breaks the contract."""
         if not self.uid:

@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     step(5, "alerts and report")
     alerts = [row for row in rows if row["reason"]]
     print(format_table(alerts, 25))
-    summary = write_report(out, rows, {h.uid for h in normal}, {h.uid for h in anomalies}, live)
+    summary = write_report(out, rows, {h.uid for h in normal}, {h.uid for h in anomalies}, live,
+                           settings.target_fpr)
     print(f"\n{summary}")
     print(f"\nreport: {out / 'report.md'}  ({time.monotonic() - started:.0f} s in all)")
     return 0
@@ -178,9 +179,12 @@ def join_scores(live: list[PayloadHead], scores: list[dict], alerts: list[dict])
 
 def write_report(
     out: Path, rows: list[dict], normal: set[str], anomalous: set[str], live: list[PayloadHead],
+    target_fpr: float,
 ) -> str:
-    """report.md + error histogram; returns the headline lines."""
+    """report.md + error histogram; returns the headline lines (the measured false-positive
+    rate next to the rates the model and the scorer were configured to)."""
     from headbits.common.protocols import expected_protocol
+    from headbits.scorer.alert_rules import DEFAULT_RULE
     from headbits.trainer.report import pyplot
 
     truth = {h.uid: expected_protocol(h.services, h.transport, h.resp_p).protocol for h in live}
@@ -189,7 +193,10 @@ def write_report(
     false_alerts = sum(1 for r in normal_rows if r["reason"])
     caught = sum(1 for r in anomaly_rows if r["reason"])
     lines = [
-        f"normal sessions: {len(normal_rows)}, alerts on them (false positives): {false_alerts}",
+        f"normal sessions: {len(normal_rows)}, alerts on them (false positives): {false_alerts}"
+        f" = {false_alerts / max(len(normal_rows), 1):.2%} measured; configured: "
+        f"anomalous-bytes threshold at {target_fpr:.2%}, novel-protocol at "
+        f"{DEFAULT_RULE.alert_rate:.2%}, protocol-mismatch uncalibrated",
         f"anomalous sessions: {len(anomaly_rows)}, alerted: {caught}",
     ]
     table = ["| protocol | sessions | alerts | mean error | threshold |", "|---|---|---|---|---|"]

@@ -1,13 +1,21 @@
 """Feature records + model Scores -> alerts and score records: the scorer's pure part.
 
-A connection alerts for `anomalous-bytes` when its reconstruction error is above the model's
-threshold for it, and for `protocol-mismatch` when the model's predicted protocol differs from
-the expected one (Zeek's service, else the port) while the expected protocol is one the model
-knows: a model that never learned "modbus" cannot say a port-502 connection is not Modbus, and an
-unknown port expects nothing. The alert's direction is the one with the larger reconstruction
-error. Outputs depend only on the record and the model version, so re-scoring a replayed uid
-yields the identical alert (scoring is idempotent by uid); within a batch, a uid seen twice is
-scored once, with its last record.
+A connection alerts for `novel-protocol` when its opening bytes fit none of the traffic the
+model learned, whatever its port or service: the model's calibrated tail probability (the share
+of held-out normal connections at least as novel) is at or below the configured alert rate. It
+alerts for `anomalous-bytes` when its reconstruction error is above the model's threshold for its
+predicted class, and for `protocol-mismatch` when the predicted protocol differs from the
+expected one (Zeek's service, else the port) while the expected protocol is one the model knows:
+a model that never learned "modbus" cannot say a port-502 connection is not Modbus, and an
+unknown port expects nothing.
+
+A head whose stream start was not seen (a gap flag) cannot be judged by its opening bytes: it is
+scored and marked `midstream`, and alerts only when the rule says so (`alert_midstream`).
+
+The alert's direction is the one with the larger reconstruction error, and it names that
+direction's byte offsets with the largest per-bit error. Outputs depend only on the record, the
+model version and the rule, so re-scoring a replayed uid yields the identical alert (scoring is
+idempotent by uid); within a batch, a uid seen twice is scored once, with its last record.
 """
 
 from __future__ import annotations
@@ -20,9 +28,30 @@ from headbits.common.protocols import UNKNOWN
 from headbits.featurizer.bits import SUPPORTED_N, HeadBatch
 from headbits.scorer.backend import Scores
 
+NOVEL_PROTOCOL = "novel-protocol"
 ANOMALOUS_BYTES = "anomalous-bytes"
 PROTOCOL_MISMATCH = "protocol-mismatch"
 DIRECTIONS = ("orig", "resp")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """The operator's side of the rule: the model's response decides everything else.
+
+    `alert_rate` is the tail probability at or below which a connection is a novel protocol: on
+    normal traffic like the held-out captures it was calibrated on, about that share alerts.
+    `alert_midstream` lets heads whose start was not seen alert too.
+    """
+
+    alert_rate: float = 0.001
+    alert_midstream: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alert_rate < 1.0:
+            raise ValueError(f"alert rate {self.alert_rate} is not in (0, 1)")
+
+
+DEFAULT_RULE = AlertRule()
 
 
 def last_per_uid(records: list[dict]) -> list[int]:
@@ -66,35 +95,47 @@ def head_batch(records: list[dict], model_n: int) -> HeadBatch:
 
 @dataclass(frozen=True, slots=True)
 class Verdicts:
-    """Why each row of a scored batch alerts, as boolean columns (numpy, no per-row Python)."""
+    """Why each row of a scored batch alerts, as boolean columns (numpy, no per-row Python).
 
+    `novel`, `anomalous` and `mismatch` are what the model says of each row; `alerting` applies
+    the rule's treatment of `midstream` rows on top.
+    """
+
+    novel: np.ndarray
     anomalous: np.ndarray
     mismatch: np.ndarray
+    midstream: np.ndarray
+    alert_midstream: bool = False
 
     @classmethod
-    def of(cls, records: list[dict], scores: Scores) -> Verdicts:
+    def of(cls, records: list[dict], scores: Scores, rule: AlertRule = DEFAULT_RULE) -> Verdicts:
         classes = {name: index for index, name in enumerate(scores.model.classes)}
         classes.pop(UNKNOWN, None)
+        count = len(records)
         expected = np.fromiter(
-            (classes.get(record["expected_protocol"], -1) for record in records), np.int64,
-            len(records),
-        )
+            (classes.get(record["expected_protocol"], -1) for record in records), np.int64, count)
+        midstream = np.fromiter((record["orig_gap"] or record["resp_gap"] for record in records),
+                                bool, count)
         predicted = np.argmax(scores.protocol_probs, axis=1)
-        return cls(scores.is_anomalous(), (expected >= 0) & (predicted != expected))
+        return cls(scores.tail_probability <= rule.alert_rate, scores.is_anomalous(),
+                   (expected >= 0) & (predicted != expected), midstream, rule.alert_midstream)
 
     @property
     def alerting(self) -> np.ndarray:
-        """bool per row: the row alerts for at least one reason."""
-        return self.anomalous | self.mismatch
+        """bool per row: the row alerts for at least one reason (midstream rows only if allowed)."""
+        flagged = self.novel | self.anomalous | self.mismatch
+        return flagged if self.alert_midstream else flagged & ~self.midstream
 
     def alerting_rows(self) -> np.ndarray:
         return np.flatnonzero(self.alerting)
 
     def reason(self, row: int) -> str:
         """Comma-joined reasons of one row, empty when it does not alert."""
-        found = [ANOMALOUS_BYTES] if self.anomalous[row] else []
-        if self.mismatch[row]:
-            found.append(PROTOCOL_MISMATCH)
+        if not self.alerting[row]:
+            return ""
+        found = [name for name, column in ((NOVEL_PROTOCOL, self.novel),
+                                           (ANOMALOUS_BYTES, self.anomalous),
+                                           (PROTOCOL_MISMATCH, self.mismatch)) if column[row]]
         return ",".join(found)
 
 
@@ -111,7 +152,8 @@ def score_dicts(
         scores.threshold[rows].tolist(), scores.direction_error[rows].tolist(),
         [model.classes[index] for index in predicted],
         scores.protocol_probs[rows].max(axis=1).tolist(),
-        verdicts.alerting[rows].tolist(), strict=True,
+        scores.novelty_score[rows].tolist(), scores.tail_probability[rows].tolist(),
+        verdicts.midstream[rows].tolist(), verdicts.alerting[rows].tolist(), strict=True,
     )
     return [
         {
@@ -120,9 +162,11 @@ def score_dicts(
             "model_name": model.name, "model_version": model.version,
             "predicted_protocol": protocol, "predicted_probability": probability,
             "expected_protocol": records[row]["expected_protocol"], "alert": alert,
+            "novelty_score": novelty, "tail_probability": tail, "midstream": midstream,
+            "reason": verdicts.reason(row),
         }
-        for row, error, threshold, (orig_error, resp_error), protocol, probability, alert
-        in columns
+        for (row, error, threshold, (orig_error, resp_error), protocol, probability, novelty,
+             tail, midstream, alert) in columns
     ]
 
 
@@ -136,24 +180,32 @@ def alert_records(
     for row, score in zip(rows.tolist(), score_dicts(records, scores, verdicts, rows), strict=True):
         record = records[row]
         del score["alert"]
-        orig_length, resp_length = batch.head_lengths[row].tolist()
+        lengths = batch.head_lengths[row].tolist()
         head = batch.head_bytes[row]
+        direction = int(score["resp_error"] > score["orig_error"])
         alerts.append({
             **score,
             "sensor": record["sensor"], "orig_h": record["orig_h"], "orig_p": record["orig_p"],
             "resp_h": record["resp_h"], "resp_p": record["resp_p"],
-            "transport": record["transport"], "reason": verdicts.reason(row),
-            "direction": DIRECTIONS[int(score["resp_error"] > score["orig_error"])],
+            "transport": record["transport"], "direction": DIRECTIONS[direction],
+            "deviating_offsets": deviating_offsets(scores.top_bytes[row, direction],
+                                                   lengths[direction]),
             "model_n": n, "expected_source": record["expected_source"],
-            "orig_head": head[:orig_length].tobytes(),
-            "resp_head": head[n : n + resp_length].tobytes(),
+            "orig_head": head[:lengths[0]].tobytes(),
+            "resp_head": head[n : n + lengths[1]].tobytes(),
         })
     return alerts
 
 
+def deviating_offsets(top_bytes: np.ndarray, length: int) -> list[int]:
+    """The model's worst byte offsets of one direction, worst first, among the bytes present
+    (offsets past the head's length carry no error and are not evidence)."""
+    return [offset for offset in top_bytes.tolist() if offset < length]
+
+
 def score_records(
-    records: list[dict], batch: HeadBatch, scores: Scores
+    records: list[dict], batch: HeadBatch, scores: Scores, rule: AlertRule = DEFAULT_RULE
 ) -> tuple[list[dict], list[dict]]:
     """(alerts, scores): Alert records (schemas/alert.avsc) and Score records for every row."""
-    verdicts = Verdicts.of(records, scores)
+    verdicts = Verdicts.of(records, scores, rule)
     return alert_records(records, batch, scores, verdicts), score_dicts(records, scores, verdicts)

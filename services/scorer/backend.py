@@ -25,12 +25,18 @@ OUTPUT_RECONSTRUCTION_ERROR = "reconstruction_error"  # float32 [batch]
 OUTPUT_DIRECTION_ERROR = "direction_error"  # float32 [batch, 2]
 OUTPUT_PROTOCOL_PROBS = "protocol_probs"  # float32 [batch, C]
 OUTPUT_THRESHOLD = "threshold"  # float32 [batch]: threshold for the row's predicted class
+OUTPUT_NOVELTY_SCORE = "novelty_score"  # float32 [batch]: how far the head is from training data
+OUTPUT_TAIL_PROBABILITY = "tail_probability"  # float32 [batch]: share of held-out normal >= it
+OUTPUT_TOP_BYTES = "top_bytes"  # int32 [batch, 2, K]: per direction, worst byte offsets first
 OUTPUT_CLASSES = "classes"  # string [batch, C]: class names in protocol_probs order, every row
 SCORE_OUTPUTS = (
     OUTPUT_RECONSTRUCTION_ERROR,
     OUTPUT_DIRECTION_ERROR,
     OUTPUT_PROTOCOL_PROBS,
     OUTPUT_THRESHOLD,
+    OUTPUT_NOVELTY_SCORE,
+    OUTPUT_TAIL_PROBABILITY,
+    OUTPUT_TOP_BYTES,
 )
 """What scoring fetches; `classes` repeats the same names in every row, so backends read it once."""
 
@@ -47,13 +53,32 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class Scores:
-    """One batch's model outputs, row-aligned with the HeadBatch that was scored."""
+    """One batch's model outputs, row-aligned with the HeadBatch that was scored.
+
+    `tail_probability` is calibrated on capture files the model never trained on: the share of
+    held-out normal connections (of the row's predicted class, where it had rows enough) whose
+    `novelty_score` is at least the row's. A rate `r` alerts on about `r` of normal traffic, so
+    an operator changes the rate without retraining. `top_bytes[row, direction]` lists that
+    direction's byte offsets with the largest weighted per-bit error, worst first.
+    """
 
     reconstruction_error: np.ndarray
     direction_error: np.ndarray
     protocol_probs: np.ndarray
     threshold: np.ndarray
+    novelty_score: np.ndarray
+    tail_probability: np.ndarray
+    top_bytes: np.ndarray
     model: ModelInfo
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray], model: ModelInfo) -> Scores:
+        """From the signature's outputs by name (every name of `SCORE_OUTPUTS`)."""
+        missing = [name for name in SCORE_OUTPUTS if name not in outputs]
+        if missing:
+            raise ValueError(f"model {model.name} version {model.version} lacks the outputs "
+                             f"{missing} of the model contract: retrain it")
+        return cls(*(outputs[name] for name in SCORE_OUTPUTS), model=model)
 
     def predicted_protocols(self) -> list[str]:
         return [self.model.classes[i] for i in np.argmax(self.protocol_probs, axis=1)]

@@ -24,10 +24,6 @@ from headbits.scorer.backend import (
     INPUT_HEAD_BYTES,
     INPUT_HEAD_LENGTHS,
     OUTPUT_CLASSES,
-    OUTPUT_DIRECTION_ERROR,
-    OUTPUT_PROTOCOL_PROBS,
-    OUTPUT_RECONSTRUCTION_ERROR,
-    OUTPUT_THRESHOLD,
     SCORE_OUTPUTS,
     SIGNATURE_NAME,
     ModelInfo,
@@ -63,14 +59,8 @@ def score_in_chunks(
         })
         for name in SCORE_OUTPUTS:
             parts[name].append(outputs[name].numpy())
-    merged = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    return Scores(
-        reconstruction_error=merged[OUTPUT_RECONSTRUCTION_ERROR],
-        direction_error=merged[OUTPUT_DIRECTION_ERROR],
-        protocol_probs=merged[OUTPUT_PROTOCOL_PROBS],
-        threshold=merged[OUTPUT_THRESHOLD],
-        model=model,
-    )
+    return Scores.from_outputs({name: np.concatenate(chunks) for name, chunks in parts.items()},
+                               model)
 
 
 class SavedModelBackend(ScoringBackend):

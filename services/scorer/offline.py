@@ -3,9 +3,8 @@
 Reads each capture (pcap or pcapng), takes Zeek's service from a `<capture stem>.conn.log` beside
 it when there is one (the port map otherwise), and scores every connection with the same code the
 scorer service runs on Kafka: the same feature records, the same alert rules, the same model. A
-connection alerts when its reconstruction error is over the model's threshold
-(`anomalous-bytes`) or when the model's protocol differs from the expected one
-(`protocol-mismatch`).
+connection alerts as the scorer's rule says (`novel-protocol`, `anomalous-bytes`,
+`protocol-mismatch`; see `alert_rules.py`).
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ from headbits.scorer.backend import ScoringBackend
 def score_heads(heads: Sequence[PayloadHead], backend: ScoringBackend) -> list[dict]:
     """Score records (with the alert's reason, empty when none), most anomalous first.
 
-    A row's rank is its error relative to its threshold, so rows of classes with different
-    thresholds compare fairly.
+    Rows rank by their calibrated tail probability (most novel first), ties by error relative
+    to its threshold, so rows of classes with different thresholds compare fairly.
     """
     records = feature_records(list(heads))
     if not records:
@@ -45,7 +44,8 @@ def score_heads(heads: Sequence[PayloadHead], backend: ScoringBackend) -> list[d
             "reason": alert.get("reason", ""),
             "direction": alert.get("direction", ""),
         })
-    rows.sort(key=lambda row: row["score"] / max(row["threshold"], 1e-12), reverse=True)
+    rows.sort(key=lambda row: (row["tail_probability"],
+                               -row["score"] / max(row["threshold"], 1e-12)))
     return rows
 
 

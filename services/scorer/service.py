@@ -35,6 +35,8 @@ from headbits.common.settings import (
     settings_from_args,
 )
 from headbits.scorer.alert_rules import (
+    DEFAULT_RULE,
+    AlertRule,
     Verdicts,
     alert_records,
     check_features,
@@ -63,6 +65,12 @@ class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic):
         None, "tfserving: also score with this label (e.g. canary); its scores go to the scores "
               "topic next to the primary's, and metrics count where the two disagree")
     write_scores: bool = setting(False, "also write every score to the scores topic")
+    alert_rate: float = setting(
+        0.001, "novel-protocol alerts at this calibrated tail probability or below: about this "
+               "share of normal connections alerts; change it without retraining")
+    alert_midstream: bool = setting(
+        False, "let heads whose stream start was not seen (gap flag) alert; they are always "
+               "scored and marked midstream")
 
 
 class ScorerStage(Stage):
@@ -72,7 +80,7 @@ class ScorerStage(Stage):
 
     def __init__(
         self, backend: ScoringBackend, alerts_topic: str, scores_topic: str | None,
-        shadow: ScoringBackend | None = None,
+        shadow: ScoringBackend | None = None, rule: AlertRule = DEFAULT_RULE,
     ):
         if shadow is not None and scores_topic is None:
             raise ValueError("shadow scoring writes to the scores topic: give scores_topic")
@@ -80,6 +88,7 @@ class ScorerStage(Stage):
         self._alerts_topic = alerts_topic
         self._scores_topic = scores_topic
         self._shadow = shadow
+        self._rule = rule
         self.shadow_metrics: ShadowMetrics | None = None
 
     def attach(self, runtime: Runtime) -> None:
@@ -105,7 +114,7 @@ class ScorerStage(Stage):
             return Transformed([], rejected)
         batch = head_batch(scorable, model_n)
         scores = self._backend.score(batch)
-        verdicts = Verdicts.of(scorable, scores)
+        verdicts = Verdicts.of(scorable, scores, self._rule)
         alerts = alert_records(scorable, batch, scores, verdicts)
         outputs = [Output(self._alerts_topic, alerts, [a["uid"] for a in alerts])]
         if self._scores_topic:
@@ -127,7 +136,7 @@ class ScorerStage(Stage):
             return []
         if self.shadow_metrics is not None:
             self.shadow_metrics.observe(disagreement(primary, shadow))
-        return score_dicts(records, shadow, Verdicts.of(records, shadow))
+        return score_dicts(records, shadow, Verdicts.of(records, shadow, self._rule))
 
 
 class ShadowMetrics:
@@ -192,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         shadow = make_shadow(settings, backend)
         writes_scores = settings.write_scores or shadow is not None
         stage = ScorerStage(backend, settings.alerts_topic,
-                            settings.scores_topic if writes_scores else None, shadow)
+                            settings.scores_topic if writes_scores else None, shadow,
+                            AlertRule(settings.alert_rate, settings.alert_midstream))
         return run_stage(stage, settings, settings.features_topic)
     finally:
         if shadow is not None:

@@ -41,10 +41,6 @@ from headbits.scorer.backend import (
     INPUT_HEAD_LENGTHS,
     MODEL_NAME,
     OUTPUT_CLASSES,
-    OUTPUT_DIRECTION_ERROR,
-    OUTPUT_PROTOCOL_PROBS,
-    OUTPUT_RECONSTRUCTION_ERROR,
-    OUTPUT_THRESHOLD,
     SCORE_OUTPUTS,
     SIGNATURE_NAME,
     BackendUnavailable,
@@ -345,13 +341,7 @@ class TFServingBackend(ScoringBackend):
             raise BackendUnavailable(
                 f"{self.target} answered {[len(v) for v in outputs.values()]} rows for {rows}"
             )
-        return Scores(
-            reconstruction_error=outputs[OUTPUT_RECONSTRUCTION_ERROR],
-            direction_error=outputs[OUTPUT_DIRECTION_ERROR],
-            protocol_probs=outputs[OUTPUT_PROTOCOL_PROBS],
-            threshold=outputs[OUTPUT_THRESHOLD],
-            model=info,
-        )
+        return Scores.from_outputs(outputs, info)
 
     def _call(self, method, request):
         """One RPC under the in-flight bound, with deadline and backoff.

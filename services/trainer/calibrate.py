@@ -1,4 +1,4 @@
-"""Anomaly thresholds from held-out normal traffic, set to a target false-positive rate.
+"""Anomaly thresholds and tail probabilities from held-out normal traffic.
 
 A row is anomalous when its reconstruction error is strictly greater than the threshold, so the
 threshold at FPR `f` over `m` held-out errors is the `(k+1)`-th largest error with `k = floor(f*m)`:
@@ -10,6 +10,7 @@ its own before it gets its own threshold instead of the global one.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -82,3 +83,62 @@ def bit_weights(loss_sums: np.ndarray, seen_counts: np.ndarray) -> np.ndarray:
     mean_loss = np.divide(loss_sums, seen_counts, out=np.zeros_like(loss_sums),
                           where=seen_counts > 0)
     return np.clip(1.0 - mean_loss / math.log(2.0), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TailCalibration:
+    """Held-out normal novelty scores, laid out for a lookup inside the model's graph.
+
+    Scores are grouped in segments: one per class with `min_rows` held-out rows predicted as it,
+    and a last one (index C) holding every row, for the other classes. `keys` is sorted and
+    holds `segment + unit_interval(score)` for each score of each segment, so one sorted search
+    finds how many of a segment's scores lie below a value; `segment_end[s]` is the index after
+    segment s's last key and `segment_size[s]` its count.
+    """
+
+    segment_of_class: np.ndarray  # int32 [C]
+    keys: np.ndarray  # float64 [M]
+    segment_end: np.ndarray  # int32 [C + 1]
+    segment_size: np.ndarray  # int32 [C + 1]
+
+    def tail_probability(self, scores: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """The graph's lookup in numpy: (#{segment scores >= s} + 1) / (segment size + 1)."""
+        segment = self.segment_of_class[np.asarray(predicted)]
+        keys = segment + unit_interval(np.asarray(scores, dtype=np.float64))
+        at_least = self.segment_end[segment] - np.searchsorted(self.keys, keys, side="left")
+        return ((at_least + 1) / (self.segment_size[segment] + 1)).astype(np.float32)
+
+
+def unit_interval(scores: np.ndarray) -> np.ndarray:
+    """Non-negative scores mapped monotonically into [0, 1), so a segment index can be added."""
+    scores = np.maximum(np.asarray(scores, dtype=np.float64), 0.0)
+    return scores / (1.0 + scores)
+
+
+def tail_calibration(
+    scores: np.ndarray, predicted: np.ndarray, n_classes: int, min_rows: int,
+) -> TailCalibration:
+    """Split-conformal calibration of the novelty score on held-out normal rows.
+
+    The tail probability of a new row is the share of held-out normal rows of its predicted
+    class (of all classes, where that class has fewer than `min_rows`) scoring at least as high,
+    +1 in numerator and denominator: a valid p-value when the new row is exchangeable with them,
+    so alerting at tail <= r flags at most about r of such normal traffic. Rows must come from
+    capture groups the model never trained on; training rows score lower than new traffic does.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    predicted = np.asarray(predicted).ravel()
+    if scores.size == 0:
+        raise ValueError("no held-out normal scores to calibrate tail probabilities on")
+    if scores.shape != predicted.shape:
+        raise ValueError(f"{scores.size} scores but {predicted.size} predicted classes")
+    if not np.all(np.isfinite(scores)) or np.any(scores < 0):
+        raise ValueError("novelty scores must be finite and non-negative")
+    own = has_own_threshold(np.bincount(predicted, minlength=n_classes), min_rows)
+    segment_of_class = np.where(own, np.arange(n_classes), n_classes).astype(np.int32)
+    segments = [scores[predicted == cls] if own[cls] else np.empty(0)
+                for cls in range(n_classes)] + [scores]
+    keys = np.concatenate([index + np.sort(unit_interval(values))
+                           for index, values in enumerate(segments)])
+    sizes = np.array([len(values) for values in segments], dtype=np.int32)
+    return TailCalibration(segment_of_class, keys, np.cumsum(sizes).astype(np.int32), sizes)

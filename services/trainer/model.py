@@ -33,23 +33,32 @@ from headbits.scorer.backend import (
     MODEL_NAME,
     OUTPUT_CLASSES,
     OUTPUT_DIRECTION_ERROR,
+    OUTPUT_NOVELTY_SCORE,
     OUTPUT_PROTOCOL_PROBS,
     OUTPUT_RECONSTRUCTION_ERROR,
+    OUTPUT_TAIL_PROBABILITY,
     OUTPUT_THRESHOLD,
+    OUTPUT_TOP_BYTES,
     ModelInfo,
     Scores,
 )
 from headbits.scorer.inprocess import heads_for_model, score_in_chunks
 from headbits.trainer.calibrate import (
+    TailCalibration,
     bit_weights,
     class_thresholds,
     has_own_threshold,
+    tail_calibration,
     threshold_at_fpr,
 )
 
 # Small dense layers gain nothing from many threads, and the machine is shared with the services.
 TENSORFLOW_THREADS = min(2, os.cpu_count() or 1)
 VALIDATION_BATCH_ROWS = 4096
+TOP_BYTES = 4
+"""Byte offsets per direction an alert names as deviating most."""
+NOVELTY_REFERENCE_ROWS = 20000
+"""Training rows the novelty model's means and covariance are estimated from (a sample)."""
 
 
 def _limit_tensorflow_threads() -> None:
@@ -154,6 +163,28 @@ def row_errors(losses: tf.Tensor, mask: tf.Tensor, n: int) -> tuple[tf.Tensor, t
     return row, tf.math.divide_no_nan(direction_loss, direction_seen)
 
 
+def top_byte_offsets(losses: tf.Tensor, n: int, k: int) -> tf.Tensor:
+    """int32 [B, 2, k]: per direction, the byte offsets whose summed bit losses are largest."""
+    byte_losses = tf.reduce_sum(tf.reshape(losses, [-1, 2, n, 8]), axis=3)
+    return tf.math.top_k(byte_losses, k=k, sorted=True).indices
+
+
+def tail_probabilities(novelty: tf.Tensor, segment: tf.Tensor, keys: tf.Tensor,
+                       segment_end: tf.Tensor, segment_size: tf.Tensor) -> tf.Tensor:
+    """Split-conformal tail probability (#{calibration >= s} + 1) / (m + 1) of each row's score
+    among its segment's held-out normal scores; see `calibrate.tail_calibration` for the keys."""
+    key = tf.cast(segment, tf.float64) + _unit_interval(tf.cast(novelty, tf.float64))
+    below = tf.searchsorted(keys[None, :], key[None, :], side="left")[0]
+    at_least = tf.gather(segment_end, segment) - tf.cast(below, tf.int32)
+    return tf.cast((at_least + 1) / (tf.gather(segment_size, segment) + 1), tf.float32)
+
+
+def _unit_interval(score: tf.Tensor) -> tf.Tensor:
+    """A non-negative score mapped monotonically into [0, 1), as `calibrate.unit_interval`."""
+    score = tf.maximum(score, 0.0)
+    return score / (1.0 + score)
+
+
 class HeadbitsNetwork(keras.Model):
     """[bits*mask, mask] -> relu encoder -> relu code -> relu decoder -> 16N logits (sigmoid),
     and, in a branch of its own, [bits*mask, mask] -> relu -> dropout -> C class logits.
@@ -195,6 +226,11 @@ class HeadbitsNetwork(keras.Model):
         classes = self.classifier_dropout(self.classifier(features), training=training)
         return bits, mask, self.bit_logits(hidden), self.class_logits(classes)
 
+    def classifier_features(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> tf.Tensor:
+        """[B, H]: the classifier's hidden layer, where the novelty model measures distances."""
+        bits, mask = unpack_heads(head_bytes, head_lengths, self.n)
+        return self.classifier(tf.concat([bits, mask], axis=1))
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.reconstruction_tracker, self.classifier_tracker]
@@ -229,10 +265,19 @@ class HeadbitsNetwork(keras.Model):
 
 
 class ScoringGraph(tf.Module):
-    """What gets exported: packed heads in, errors, class probabilities and thresholds out.
+    """What gets exported: packed heads in, errors, class probabilities, novelty and thresholds out.
 
     Errors are means of the bit-wise loss weighted by `bit_weights` (see `calibrate.bit_weights`),
     so the bits that are noise even in normal traffic (nonces, ids) do not drown the signal.
+
+    The novelty score is the smallest Mahalanobis distance, in the classifier's hidden layer, to
+    the mean of any protocol label the training data held (rare labels included, so a rare but
+    seen protocol is near its own mean), under one covariance shared by all labels (Lee et al.,
+    2018): `novelty_whitening` is the Cholesky factor of its inverse, `novelty_means` the
+    whitened means. It was chosen by leave-protocol-out measurement (bench/novelty_methods.py)
+    over the reconstruction error, the classifier's max probability and energy, and
+    nearest-neighbour distances. Its tail probability looks the score up among held-out normal
+    scores of the row's predicted class (`tail_*`, see `calibrate.tail_calibration`).
     """
 
     def __init__(self, network: HeadbitsNetwork, classes: Sequence[str]) -> None:
@@ -242,6 +287,18 @@ class ScoringGraph(tf.Module):
         # Filled after training; variables, so they are saved with the weights.
         self.thresholds = tf.Variable(tf.zeros([len(classes)], tf.float32), trainable=False)
         self.bit_weights = tf.Variable(tf.ones([16 * network.n], tf.float32), trainable=False)
+        hidden = network.classifier.units
+        self.novelty_whitening = tf.Variable(tf.eye(hidden), trainable=False)
+        self.novelty_means = tf.Variable(tf.zeros([1, hidden]), trainable=False,
+                                         shape=tf.TensorShape([None, hidden]))
+        self.tail_segment_of_class = tf.Variable(tf.fill([len(classes)], len(classes)),
+                                                 trainable=False)
+        self.tail_keys = tf.Variable(tf.zeros([1], tf.float64), trainable=False,
+                                     shape=tf.TensorShape([None]))
+        self.tail_segment_end = tf.Variable(tf.ones([len(classes) + 1], tf.int32),
+                                            trainable=False)
+        self.tail_segment_size = tf.Variable(tf.ones([len(classes) + 1], tf.int32),
+                                             trainable=False)
         n = network.n
         self.serve = tf.function(self._serve, input_signature=[
             tf.TensorSpec([None, 2 * n], tf.uint8, name=INPUT_HEAD_BYTES),
@@ -250,21 +307,68 @@ class ScoringGraph(tf.Module):
         self.bit_loss_sums = tf.function(self._bit_loss_sums, input_signature=[
             tf.TensorSpec([None, 2 * n], tf.uint8), tf.TensorSpec([None, 2], tf.int32),
         ])
+        self.hidden_features = tf.function(self.network.classifier_features, input_signature=[
+            tf.TensorSpec([None, 2 * n], tf.uint8), tf.TensorSpec([None, 2], tf.int32),
+        ])
 
     def _serve(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> dict[str, tf.Tensor]:
-        bits, mask, bit_logits, class_logits = self.network((head_bytes, head_lengths))
+        n = self.network.n
+        bits, mask = unpack_heads(head_bytes, head_lengths, n)
+        features = tf.concat([bits, mask], axis=1)
+        hidden = features
+        for layer in self.network.encoder:
+            hidden = layer(hidden)
+        hidden = self.network.code(hidden)
+        for layer in self.network.decoder:
+            hidden = layer(hidden)
+        bit_logits = self.network.bit_logits(hidden)
+        classifier_hidden = self.network.classifier(features)
+        probs = tf.nn.softmax(self.network.class_logits(classifier_hidden), axis=1)
+        predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
         weighted_mask = mask * self.bit_weights[None, :]
-        error, direction_error = row_errors(bit_losses(bits, weighted_mask, bit_logits),
-                                            weighted_mask, self.network.n)
-        probs = tf.nn.softmax(class_logits, axis=1)
+        losses = bit_losses(bits, weighted_mask, bit_logits)
+        error, direction_error = row_errors(losses, weighted_mask, n)
+        novelty = self._novelty(classifier_hidden)
+        tail = tail_probabilities(novelty, tf.gather(self.tail_segment_of_class, predicted),
+                                  self.tail_keys, self.tail_segment_end, self.tail_segment_size)
         return {
             OUTPUT_RECONSTRUCTION_ERROR: error,
             OUTPUT_DIRECTION_ERROR: direction_error,
             OUTPUT_PROTOCOL_PROBS: probs,
-            OUTPUT_THRESHOLD: tf.gather(self.thresholds, tf.argmax(probs, axis=1)),
+            OUTPUT_THRESHOLD: tf.gather(self.thresholds, predicted),
+            OUTPUT_NOVELTY_SCORE: novelty,
+            OUTPUT_TAIL_PROBABILITY: tail,
+            OUTPUT_TOP_BYTES: top_byte_offsets(losses, n, min(TOP_BYTES, n)),
             # Batch-major like every output, so TF Serving's batching can split it: [batch, C].
             OUTPUT_CLASSES: tf.tile(self.class_names[None, :], [tf.shape(head_bytes)[0], 1]),
         }
+
+    def _novelty(self, classifier_hidden: tf.Tensor) -> tf.Tensor:
+        """float32 [B]: smallest squared Mahalanobis distance to a training label's mean."""
+        whitened = tf.matmul(classifier_hidden, self.novelty_whitening)
+        means = self.novelty_means
+        distances = (tf.reduce_sum(whitened ** 2, axis=1, keepdims=True)
+                     - 2.0 * tf.matmul(whitened, means, transpose_b=True)
+                     + tf.reduce_sum(means ** 2, axis=1)[None, :])
+        return tf.maximum(tf.reduce_min(distances, axis=1), 0.0)
+
+    def fit_novelty(self, batch: HeadBatch, labels: np.ndarray) -> None:
+        """Estimate the label means and the shared covariance of the hidden layer on `batch`
+        (training rows, `labels` any per-row names) and set the whitening and whitened means."""
+        hidden = np.concatenate([
+            self.hidden_features(part.head_bytes, part.head_lengths.astype(np.int32)).numpy()
+            for part in (batch.select(slice(start, start + VALIDATION_BATCH_ROWS))
+                         for start in range(0, len(batch), VALIDATION_BATCH_ROWS))
+        ]).astype(np.float64)
+        whitening, means = novelty_model(hidden, np.asarray(labels))
+        self.novelty_whitening.assign(whitening.astype(np.float32))
+        self.novelty_means.assign((means @ whitening).astype(np.float32))
+
+    def set_tail_calibration(self, calibration: TailCalibration) -> None:
+        self.tail_segment_of_class.assign(calibration.segment_of_class)
+        self.tail_keys.assign(calibration.keys)
+        self.tail_segment_end.assign(calibration.segment_end)
+        self.tail_segment_size.assign(calibration.segment_size)
 
     def _bit_loss_sums(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> tf.Tensor:
         """[2, 16N]: per bit, the summed unweighted loss and how many rows saw it."""
@@ -281,6 +385,24 @@ class ScoringGraph(tf.Module):
         weights = bit_weights(totals[0], totals[1])
         self.bit_weights.assign(weights)
         return weights
+
+
+def novelty_model(hidden: np.ndarray, labels: np.ndarray,
+                  ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """(whitening [H, H], means [L, H]) of a tied-covariance Gaussian per label.
+
+    `whitening` is the Cholesky factor of the inverse covariance, so the squared Mahalanobis
+    distance of h to mean m is ||(h - m) @ whitening||^2. `ridge` (relative to the mean
+    variance) keeps the covariance invertible where hidden units are dead or collinear.
+    """
+    names, index = np.unique(labels, return_inverse=True)
+    means = np.stack([hidden[index == i].mean(axis=0) for i in range(len(names))])
+    centred = hidden - means[index]
+    covariance = centred.T @ centred / max(len(hidden) - len(names), 1)
+    covariance += ridge * max(np.trace(covariance) / len(covariance), 1e-6) * np.eye(
+        len(covariance))
+    precision = np.linalg.inv(covariance)
+    return np.linalg.cholesky((precision + precision.T) / 2), means
 
 
 @dataclass(eq=False)
@@ -338,11 +460,16 @@ def train(
     autoencoder_rows: np.ndarray | None = None,
     validation_autoencoder_rows: np.ndarray | None = None,
     progress: bool = True,
+    novelty_labels: Sequence[str] | None = None,
 ) -> TrainedModel:
-    """Train with early stopping on `validation`, then calibrate thresholds on its normal rows.
+    """Train with early stopping on `validation`, then calibrate on its normal rows.
 
     Labels are class indices into `classes`. `autoencoder_rows` (bool per row, default all) marks
-    the rows the autoencoder learns as normal; the classifier learns every row.
+    the rows the autoencoder learns as normal; the classifier learns every row. `novelty_labels`
+    (a protocol name per training row, default the class) are the groups whose means the novelty
+    score measures distances to: with the real labels, a protocol too rare to be a class is still
+    near its own mean, so it is normal, not novel. Thresholds and tail probabilities are set on
+    validation rows only: capture groups the weights never learned.
     """
     classes = tuple(classes)
     weights = class_weights(train_labels, len(classes), config.class_balance)
@@ -368,17 +495,28 @@ def train(
     normal = _normal_rows(validation, validation_autoencoder_rows)
     if not normal.any():
         raise ValueError("no normal validation rows with payload to calibrate thresholds on")
+    calibration = heads_for_model(validation, config.n).select(normal)
     if config.weight_bits:
         # Held-out rows, not training ones: the network has partly memorised the noise it was
         # trained on, which would make nonces look predictable.
-        graph.fit_bit_weights(heads_for_model(validation, config.n).select(normal))
-    held_out = score_in_chunks(graph.serve, heads_for_model(validation, config.n).select(normal),
-                               ModelInfo(MODEL_NAME, 0, config.n, classes))
+        graph.fit_bit_weights(calibration)
+    graph.fit_novelty(*_novelty_reference(heads_for_model(train, config.n), train_labels,
+                                          novelty_labels, config.seed))
+    model = ModelInfo(MODEL_NAME, 0, config.n, classes)
+    held_out = score_in_chunks(graph.serve, calibration, model)
     predicted = np.argmax(held_out.protocol_probs, axis=1)
     errors = held_out.reconstruction_error
     thresholds = class_thresholds(errors, predicted, len(classes), config.target_fpr,
                                   config.min_threshold_rows)
     graph.thresholds.assign(thresholds)
+    # The novelty calibration counts every validation row of a trained protocol as normal,
+    # whatever the autoencoder's baseline: the classifier learned them all.
+    every_opening = validation.head_lengths.sum(axis=1) > 0
+    tails = score_in_chunks(graph.serve, heads_for_model(validation, config.n).select(
+        every_opening), model)
+    graph.set_tail_calibration(tail_calibration(
+        tails.novelty_score, np.argmax(tails.protocol_probs, axis=1), len(classes),
+        config.min_threshold_rows))
     return TrainedModel(
         config=config,
         classes=classes,
@@ -389,6 +527,21 @@ def train(
         history={name: [float(v) for v in values] for name, values in fitted.history.items()},
         graph=graph,
     )
+
+
+def _novelty_reference(
+    train: HeadBatch, train_labels: np.ndarray, novelty_labels: Sequence[str] | None, seed: int,
+) -> tuple[HeadBatch, np.ndarray]:
+    """A seeded sample of at most NOVELTY_REFERENCE_ROWS training rows and their group names."""
+    names = np.asarray(train_labels if novelty_labels is None else list(novelty_labels))
+    if names.shape != (len(train),):
+        raise ValueError(f"novelty labels need one value per training row ({len(train)} rows, "
+                         f"{names.shape} labels)")
+    rows = np.arange(len(train))
+    if len(rows) > NOVELTY_REFERENCE_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, NOVELTY_REFERENCE_ROWS,
+                                                          replace=False))
+    return train.select(rows), names[rows]
 
 
 def class_weights(labels: np.ndarray, n_classes: int, balance: float) -> np.ndarray:

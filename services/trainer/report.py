@@ -90,6 +90,66 @@ def plot_roc_curves(
     plt.close(figure)
 
 
+def plot_rate_calibration(tails: np.ndarray, path: Path, n: int) -> None:
+    """Measured novel-protocol alert rate on held-out normal flows against the configured rate:
+    on the diagonal when the tail probabilities hold on captures the model never saw."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    targets = np.geomspace(1e-4, 0.5, 40)
+    measured = [float(np.mean(tails <= t)) if len(tails) else np.nan for t in targets]
+    axis.loglog(targets, measured, marker=".", label=f"measured ({len(tails)} held-out flows)")
+    axis.loglog(targets, targets, color="grey", linewidth=0.8, label="target")
+    axis.fill_between(targets, targets / 2, targets * 2, color="grey", alpha=0.15,
+                      label="0.5x-2x")
+    axis.set_xlabel("configured alert rate (tail probability threshold)")
+    axis.set_ylabel("measured alert rate on held-out normal flows")
+    axis.set_title(f"novel-protocol alert rate calibration, N = {n}")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def rates_markdown(rates: dict) -> list[str]:
+    lines = [
+        f"novel-protocol alert rate on {rates['normal_rows']} held-out gap-free flows of "
+        f"trained protocols ({rates['normal_files']} files); recall on "
+        f"{rates['never_seen_rows']} held-out flows of {len(rates['never_seen_protocols'])} "
+        "protocols their fold never trained on:",
+        "",
+        "| configured rate | measured | 95% interval (files) | within 0.5x-2x | never-seen "
+        "recall | per class (measured) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rates["targets"]:
+        per_class = ", ".join(f"{name} {value['rate']:.4f}"
+                              for name, value in row["per_class"].items())
+        lines.append(f"| {row['target']:g} | {row['measured']:.4f} | {row['low']:.4f}-"
+                     f"{row['high']:.4f} | {'yes' if row['within_half_to_double'] else 'no'} | "
+                     f"{row['never_seen_recall']:.3f} | {per_class} |")
+    return lines
+
+
+def leave_protocol_out_markdown(result: dict) -> list[str]:
+    lines = [
+        f"## Leave-protocol-out, N = {result['n']}",
+        "",
+        "Each protocol's model never saw it; recall is the share of its graded, gap-free flows "
+        "alerting novel-protocol, the normal rate that of held-out flows of trained protocols.",
+        "",
+        "| left out | files | flows | AUROC | recall at 0.001 | normal rate at 0.001 | "
+        "recall at 0.01 | normal rate at 0.01 | most novel normal flows |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["protocols"]:
+        worst = ", ".join(f"{k} {v}" for k, v in row["most_novel_normal_labels"].items())
+        lines.append(f"| {row['protocol']} | {row['files']} | {row['novel_rows']} | "
+                     f"{row['auroc']:.3f} | {row['recall_at_0.001']:.3f} | "
+                     f"{row['normal_rate_at_0.001']:.4f} | {row['recall_at_0.01']:.3f} | "
+                     f"{row['normal_rate_at_0.01']:.4f} | {worst} |")
+    return lines
+
+
 def plot_confusion(classifier: dict, path: Path, n: int) -> None:
     plt = pyplot()
     matrix = np.array(classifier["confusion"], dtype=np.float64)
@@ -161,11 +221,16 @@ def write_markdown(results: dict, path: Path) -> None:
             "a linear softmax on bits + mask trained on the same split (the reference): "
             f"{classifier['linear_reference_macro_f1']:.3f}",
             "",
+            *rates_markdown(result["alert_rates"]),
+            "",
+            f"![rates](rates_n{n}.png)",
             f"![errors](errors_n{n}.png)",
             f"![roc](roc_n{n}.png)",
             f"![confusion](confusion_n{n}.png)",
             "",
         ]
+    if "leave_protocol_out" in results:
+        lines += leave_protocol_out_markdown(results["leave_protocol_out"])
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -177,5 +242,7 @@ def summary_table(results: dict) -> str:
         lines.append(f"N = {n}: classifier macro-F1 {classifier['macro_f1']:.3f} "
                      f"(linear reference {classifier['linear_reference_macro_f1']:.3f})")
         lines += pairs_markdown(result["pairs"], results["baseline"])
-        lines.append("")
+        lines += ["", *rates_markdown(result["alert_rates"]), ""]
+    if "leave_protocol_out" in results:
+        lines += leave_protocol_out_markdown(results["leave_protocol_out"])
     return "\n".join(lines)

@@ -116,11 +116,15 @@ def fit(
     """Split by group, choose classes, train. Returns (TrainedModel, train rows, validation rows).
 
     Rows nobody could label are left out: they are neither normal traffic we can vouch for nor
-    a protocol the classifier could learn.
+    a protocol the classifier could learn. So are mid-stream heads (a gap flag: the stream's
+    start was not seen): their bytes are no protocol's opening, and learning them as normal
+    would teach the model that anything goes.
     """
     from headbits.trainer.model import TrainingConfig, train
 
-    labelled = data.where(np.array([label != UNKNOWN for label in data.labels], dtype=bool))
+    labelled = data.where(np.array([label != UNKNOWN and not head.midstream
+                                    for label, head in zip(data.labels, data.heads, strict=True)],
+                                   dtype=bool))
     if len(labelled) == 0:
         raise ValueError("no labelled training rows: give --generate, --heads, --captures ...")
     fold = dataset.group_fold(labelled.groups, settings.validation_folds, settings.seed)
@@ -139,7 +143,7 @@ def fit(
         dataset.class_indices(validation_rows.labels, classes), config,
         autoencoder_rows=normal_rows(train_rows, settings.baseline),
         validation_autoencoder_rows=normal_rows(validation_rows, settings.baseline),
-        progress=progress,
+        progress=progress, novelty_labels=train_rows.labels,
     )
     return trained, train_rows, validation_rows
 
