@@ -26,12 +26,11 @@ import numpy as np
 
 from headbits.common.avro import ValueCodec
 from headbits.common.kafka import KafkaSettings, Producer, ensure_topics, window_offsets
+from headbits.common.kafka.settings import TOPIC_KINDS
 from headbits.common.records import PayloadHead
 from headbits.devtools import kafka_broker
 from headbits.featurizer.bits import pack_heads
 from headbits.featurizer.transform import featurize
-
-KINDS = ("heads", "features", "alerts", "scores", "deadletter")
 
 
 def synthetic_heads(count: int, seed: int = 1) -> list[PayloadHead]:
@@ -55,7 +54,7 @@ def synthetic_heads(count: int, seed: int = 1) -> list[PayloadHead]:
 
 def topics(bootstrap: str) -> tuple[KafkaSettings, dict[str, str]]:
     tag = uuid.uuid4().hex[:8]
-    names = {kind: f"bench{tag}.{kind}" for kind in KINDS}
+    names = {kind: f"bench{tag}.{kind}" for kind in TOPIC_KINDS}
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_partitions=4,
                              **{f"{kind}_topic": name for kind, name in names.items()})
     ensure_topics(settings, names.values())

@@ -58,3 +58,36 @@ def test_too_few_rows_never_cross():
     monitor.observe(["tls"] * 100, ["s"] * 100, np.zeros(100))
     (protocol, sensor) = monitor.report()
     assert protocol.psi > 0.25 and not protocol.crossed and not sensor.crossed
+
+
+def test_the_scorer_writes_drift_records_every_interval(tmp_path):
+    """A real (tiny) model scores real feature records; the reporter turns its tail
+    probabilities into drift records that the drift schema accepts, on its clock only."""
+    from headbits.common.avro import ValueCodec
+    from headbits.featurizer.transform import feature_records
+    from headbits.scorer.alert_rules import Verdicts
+    from headbits.scorer.inprocess import SavedModelBackend
+    from headbits.scorer.service import DriftReporter, head_batch
+    from tests.serving_models import export_versions
+    from tests.source_helpers import make_heads
+
+    backend = SavedModelBackend(export_versions(tmp_path, versions=(1,)) / "headbits" / "1")
+    now = [0.0]
+    reporter = DriftReporter(DriftMonitor(window_rows=100, min_rows=10), "drift", 60.0,
+                             clock=lambda: now[0])
+    records = feature_records(make_heads(50))
+    records[0]["orig_gap"] = True  # a midstream head: scored, but no evidence of drift
+    scores = backend.score(head_batch(records, backend.info().n))
+    verdicts = Verdicts.of(records, scores)
+    assert reporter.observe(records, scores, verdicts) == [], "not due before the interval"
+    now[0] = 61.0
+    drifts = reporter.observe(records, scores, verdicts)
+    backend.close()
+    assert {(d["kind"], d["key"]) for d in drifts} >= {("sensor", "zeek-1")}
+    sensor = next(d for d in drifts if d["kind"] == "sensor")
+    assert sensor["rows"] == 2 * 49, "both batches, without the midstream row"
+    assert sensor["model_version"] == 1
+    codec = ValueCodec("drift", "drift")
+    assert codec.decode(codec.encode(sensor), codec.headers)["psi"] == sensor["psi"]
+    now[0] = 62.0
+    assert reporter.observe(records, scores, verdicts) == [], "next one a whole interval later"

@@ -25,7 +25,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from headbits.cli import main
 from headbits.common.avro import ValueCodec
-from headbits.common.kafka import KafkaSettings, Producer, admin
+from headbits.common.kafka import KafkaSettings, Producer, admin, ensure_topics
 from headbits.common.model_repository import read_state
 from headbits.common.records import PayloadHead
 from headbits.devtools.harness import ServiceProcess, Topics
@@ -304,3 +304,33 @@ def test_gate_names_each_failing_metric():
     assert len(worse_fpr) == 1 and worse_fpr[0].startswith(FALSE_POSITIVE_RATE)
     first = gate_failures({MACRO_F1: 0.3, FALSE_POSITIVE_RATE: None}, None, rules)
     assert [reason.split(" ")[0] for reason in first] == [MACRO_F1, FALSE_POSITIVE_RATE]
+
+
+@pytest.mark.kafka
+def test_only_on_drift_trains_only_after_a_scorer_reported_drift(window_topic, tmp_path, capsys,
+                                                                 restore_logging):
+    drift_topic = f"{window_topic['features']}.drift"
+    args = ["trainer", "--bootstrap-servers", window_topic.settings.bootstrap_servers,
+            "--features-topic", window_topic["features"], "--drift-topic", drift_topic,
+            "--models-dir", str(tmp_path / "models"), "--config-file",
+            str(tmp_path / "models.config"), "--only-on-drift", "true",
+            "--min-rows", "100000", "--max-rows", "100000"]
+    ensure_topics(replace(window_topic.settings, drift_topic=drift_topic), [drift_topic])
+    drift = {"ts": time.time(), "scorer": "s/1", "model_name": "headbits", "model_version": 1,
+             "kind": "protocol", "key": "dns", "rows": 5000, "psi": 0.05,
+             "low_tail_share": 0.01, "crossed": False}
+    codec = ValueCodec("drift", drift_topic)
+    producer = Producer(window_topic.settings)
+    producer.produce(drift_topic, codec.encode(drift), "protocol/dns", codec.headers)
+    producer.flush()
+    assert main(args) == 0
+    lines = log_lines(capsys.readouterr().err)
+    the_line(lines, "no drift of the stable version in the window: nothing to retrain")
+
+    producer.produce(drift_topic, codec.encode({**drift, "psi": 0.6, "crossed": True}),
+                     "protocol/dns", codec.headers)
+    producer.flush()
+    assert main(args) == 1, "drift reported: it reads the window (and finds too few rows)"
+    lines = log_lines(capsys.readouterr().err)
+    assert the_line(lines, "drift reported: retraining")["slices"] == ["protocol/dns"]
+    assert "fewer than min_rows" in the_line(lines, "failed")["error"]

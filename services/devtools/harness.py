@@ -19,8 +19,7 @@ from pathlib import Path
 
 from headbits.common.avro import ValueCodec
 from headbits.common.kafka import Consumer, KafkaSettings, ensure_topics
-
-TOPIC_KINDS = ("heads", "features", "alerts", "scores", "deadletter")
+from headbits.common.kafka.settings import TOPIC_KINDS
 
 
 class Topics:

@@ -14,12 +14,19 @@ is stored.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from headbits.common.kafka import AlertsTopic, FeaturesTopic, ScoresTopic
+from headbits.common.kafka import AlertsTopic, DriftTopic, FeaturesTopic, ScoresTopic
+from headbits.common.logs import fields
 from headbits.common.service import (
     Output,
     Runtime,
@@ -51,10 +58,11 @@ from headbits.scorer.backend import (
     ScoringBackend,
     disagreement,
 )
+from headbits.scorer.drift import DriftMonitor
 
 
 @dataclass(frozen=True)
-class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic):
+class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, DriftTopic):
     backend: str = setting("inprocess", "inprocess (SavedModel in this process) or tfserving")
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"
@@ -71,6 +79,13 @@ class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic):
     alert_midstream: bool = setting(
         False, "let heads whose stream start was not seen (gap flag) alert; they are always "
                "scored and marked midstream")
+    write_drift: bool = setting(True, "write drift measurements to the drift topic")
+    drift_interval_seconds: float = setting(60.0, "how often drift is measured and written")
+    drift_window_rows: int = setting(5000, "scores per protocol and per sensor drift looks at")
+    drift_min_rows: int = setting(500, "scores a slice needs before its drift can cross")
+    drift_psi_threshold: float = setting(
+        0.25, "PSI of a slice's tail probabilities against uniform above which it has drifted "
+              "(0.1 moderate, 0.25 large); a crossing logs a warning and marks the record")
 
 
 class ScorerStage(Stage):
@@ -81,6 +96,7 @@ class ScorerStage(Stage):
     def __init__(
         self, backend: ScoringBackend, alerts_topic: str, scores_topic: str | None,
         shadow: ScoringBackend | None = None, rule: AlertRule = DEFAULT_RULE,
+        drift: DriftReporter | None = None,
     ):
         if shadow is not None and scores_topic is None:
             raise ValueError("shadow scoring writes to the scores topic: give scores_topic")
@@ -89,16 +105,21 @@ class ScorerStage(Stage):
         self._scores_topic = scores_topic
         self._shadow = shadow
         self._rule = rule
+        self._drift = drift
         self.shadow_metrics: ShadowMetrics | None = None
 
     def attach(self, runtime: Runtime) -> None:
         if self._shadow is not None:
             self.shadow_metrics = ShadowMetrics(runtime.metrics.registry)
+        if self._drift is not None:
+            self._drift.attach(runtime)
 
     def output_schemas(self) -> dict[str, str]:
         schemas = {self._alerts_topic: "alert"}
         if self._scores_topic:
             schemas[self._scores_topic] = "score"
+        if self._drift is not None:
+            schemas[self._drift.topic] = "drift"
         return schemas
 
     def transform(self, records: list[dict]) -> Transformed:
@@ -122,6 +143,11 @@ class ScorerStage(Stage):
             if self._shadow is not None:
                 everything += self._shadow_scores(scorable, scores)
             outputs.append(Output(self._scores_topic, everything, [s["uid"] for s in everything]))
+        if self._drift is not None:
+            drifts = self._drift.observe(scorable, scores, verdicts)
+            if drifts:
+                keys = [f"{d['kind']}/{d['key']}" for d in drifts]
+                outputs.append(Output(self._drift.topic, drifts, keys))
         return Transformed(outputs, rejected)
 
     def _shadow_scores(self, records: list[dict], primary: Scores) -> list[dict]:
@@ -163,6 +189,69 @@ class ShadowMetrics:
         self.error_delta.set(found.mean_abs_error_delta)
 
 
+class DriftReporter:
+    """Feeds every scored batch to a DriftMonitor; each `interval` seconds it sets the drift
+    gauges, logs a warning per slice that crossed, and returns the drift records to write."""
+
+    def __init__(self, monitor: DriftMonitor, topic: str, interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.monitor = monitor
+        self.topic = topic
+        self._interval = interval
+        self._clock = clock
+        self._due = clock() + interval
+        self._scorer = f"{socket.gethostname()}/{os.getpid()}"
+        self._log: logging.Logger | None = None
+        self._psi: Gauge | None = None
+        self._crossed: Gauge | None = None
+
+    def attach(self, runtime: Runtime) -> None:
+        common = {"registry": runtime.metrics.registry, "namespace": "headbits"}
+        self._psi = Gauge("drift_psi", "PSI of recent tail probabilities against uniform, per "
+                          "predicted protocol and per sensor", ["kind", "key"], **common)
+        self._crossed = Gauge("drift_crossed", "1 while a slice's drift is over the threshold",
+                              ["kind", "key"], **common)
+        self._log = runtime.log
+
+    def observe(self, records: list[dict], scores: Scores, verdicts: Verdicts) -> list[dict]:
+        judged = ~verdicts.midstream  # a head whose start was not seen says nothing of drift
+        rows = np.flatnonzero(judged)
+        classes = scores.model.classes
+        predicted = np.argmax(scores.protocol_probs[rows], axis=1)
+        self.monitor.observe([classes[i] for i in predicted.tolist()],
+                             [records[i]["sensor"] for i in rows.tolist()],
+                             scores.tail_probability[rows])
+        if self._clock() < self._due:
+            return []
+        self._due = self._clock() + self._interval
+        now = time.time()
+        drifts = []
+        for drift in self.monitor.report():
+            if self._psi is not None and self._crossed is not None:
+                self._psi.labels(drift.kind, drift.key).set(drift.psi)
+                self._crossed.labels(drift.kind, drift.key).set(int(drift.crossed))
+            if drift.crossed and self._log is not None:
+                self._log.warning("drift: retraining is due", extra=fields(
+                    kind=drift.kind, key=drift.key, psi=round(drift.psi, 3), rows=drift.rows,
+                    low_tail_share=round(drift.low_tail_share, 4),
+                    model_version=scores.model.version))
+            drifts.append({
+                "ts": now, "scorer": self._scorer, "model_name": scores.model.name,
+                "model_version": scores.model.version, "kind": drift.kind, "key": drift.key,
+                "rows": drift.rows, "psi": drift.psi, "low_tail_share": drift.low_tail_share,
+                "crossed": drift.crossed,
+            })
+        return drifts
+
+
+def make_drift(settings: ScorerSettings) -> DriftReporter | None:
+    if not settings.write_drift:
+        return None
+    monitor = DriftMonitor(settings.drift_window_rows, settings.drift_min_rows,
+                           settings.drift_psi_threshold, settings.alert_rate)
+    return DriftReporter(monitor, settings.drift_topic, settings.drift_interval_seconds)
+
+
 def make_backend(settings: ScorerSettings) -> ScoringBackend:
     if settings.backend == "inprocess":
         if settings.model_dir is None:
@@ -202,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
         writes_scores = settings.write_scores or shadow is not None
         stage = ScorerStage(backend, settings.alerts_topic,
                             settings.scores_topic if writes_scores else None, shadow,
-                            AlertRule(settings.alert_rate, settings.alert_midstream))
+                            AlertRule(settings.alert_rate, settings.alert_midstream),
+                            make_drift(settings))
         return run_stage(stage, settings, settings.features_topic)
     finally:
         if shadow is not None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from headbits.common.avro import DecodeError, ValueCodec, open_registry
 from headbits.common.kafka import (
+    DriftTopic,
     FeaturesTopic,
     KafkaConnection,
     KafkaException,
@@ -42,7 +43,7 @@ from headbits.common.kafka import (
     window_offsets,
 )
 from headbits.common.logs import LogLines, configure_logging, fields
-from headbits.common.model_repository import RepositoryError
+from headbits.common.model_repository import RepositoryError, read_state
 from headbits.common.records import MAX_HEAD_BYTES
 from headbits.common.settings import (
     SettingsError,
@@ -73,7 +74,7 @@ PROGRESS_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class TrainerSettings(
-    GateSettings, TrainSettings, ModelSettings, KafkaConnection, FeaturesTopic
+    GateSettings, TrainSettings, ModelSettings, KafkaConnection, FeaturesTopic, DriftTopic
 ):
     """Kafka, model repository (`headbits model`'s names), training and gate settings in one.
 
@@ -100,6 +101,10 @@ class TrainerSettings(
         True, "label the first version (no stable to compare with) stable as well"
     )
     read_batch_size: int = setting(5000, "records fetched and decoded at once")
+    only_on_drift: bool = setting(
+        False, "train only if a scorer reported drift of the stable version in the window (the "
+               "drift topic); otherwise log why not and exit 0, so a frequent CronJob retrains "
+               "when traffic changed and not on every run")
     log_level: str = setting("info", "debug, info, warning or error")
 
     def __post_init__(self) -> None:
@@ -225,9 +230,39 @@ class Candidate:
         }
 
 
+def drift_crossings(settings: TrainerSettings, stable_version: int | None, since: float
+                    ) -> list[dict]:
+    """Drift records of the stable version since `since` whose slice crossed its threshold."""
+    codec = ValueCodec("drift", settings.drift_topic, open_registry(settings))
+    ranges = window_offsets(settings, settings.drift_topic, int(since * 1000))
+    crossed = []
+    for messages in read_offset_ranges(settings, settings.drift_topic, ranges,
+                                       settings.read_batch_size):
+        for message in messages:
+            try:
+                record = codec.decode(message.value(), message.headers())
+            except DecodeError:
+                continue  # the scorers write this topic; a stray value decides nothing
+            if record["crossed"] and (stable_version is None
+                                      or record["model_version"] == stable_version):
+                crossed.append(record)
+    return crossed
+
+
 def retrain(settings: TrainerSettings, log: logging.Logger) -> int:
     from headbits.trainer.train import train_and_export
 
+    if settings.only_on_drift:
+        stable_version = read_state(settings.config_file).labels.get(STABLE)
+        since = time.time() - settings.window_hours * 3600
+        crossings = drift_crossings(settings, stable_version, since)
+        if not crossings:
+            log.info("no drift of the stable version in the window: nothing to retrain",
+                     extra=fields(stable=stable_version, drift_topic=settings.drift_topic))
+            return 0
+        log.info("drift reported: retraining", extra=fields(
+            stable=stable_version, crossings=len(crossings),
+            slices=sorted({f"{c['kind']}/{c['key']}" for c in crossings})))
     window = read_window(settings, log, time.time())
     if window.counts.parser_labelled < settings.min_rows:
         raise TrainerError(

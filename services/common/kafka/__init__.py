@@ -23,6 +23,7 @@ from headbits.common.kafka.range_reader import read_offset_ranges, window_offset
 from headbits.common.kafka.settings import (
     AlertsTopic,
     DeadLetterTopic,
+    DriftTopic,
     FeaturesTopic,
     HeadsTopic,
     KafkaConnection,
@@ -38,6 +39,7 @@ __all__ = [
     "Consumer",
     "DeadLetterTopic",
     "DeliveryFailedError",
+    "DriftTopic",
     "FeaturesTopic",
     "HeadsTopic",
     "KafkaConnection",

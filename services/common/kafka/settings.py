@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from headbits.common.settings import setting
 
 DAY_MS = 24 * 3600 * 1000
-TOPIC_KINDS = ("heads", "features", "alerts", "scores", "deadletter")
+TOPIC_KINDS = ("heads", "features", "alerts", "scores", "deadletter", "drift")
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,15 @@ class DeadLetterTopic:
 
 
 @dataclass(frozen=True)
+class DriftTopic:
+    drift_topic: str = setting("headbits.drift.v1", "topic of drift measurements")
+    drift_retention_days: float = setting(30.0, "retention of the drift topic")
+
+
+@dataclass(frozen=True)
 class KafkaSettings(
     KafkaConnection, TopicCreation, ProducerBuffer, HeadsTopic, FeaturesTopic, AlertsTopic,
-    ScoresTopic, DeadLetterTopic,
+    ScoresTopic, DeadLetterTopic, DriftTopic,
 ):
     """Every Kafka setting of the pipeline: for tools that touch every topic (the development
     harness, benchmarks, the chart's consistency test), never a service's own settings."""
