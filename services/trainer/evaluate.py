@@ -57,6 +57,8 @@ class EvalSettings:
            "without each at the first N and measure how many of its flows alert novel-protocol")
     out_dir: Path = setting(Path("report"), "where the report, plots and metrics.json go")
     seed: int = setting(0, "seed for the folds and the models")
+    tensorboard_dir: Path | None = setting(
+        None, "write TensorBoard event files of every fold's training run under <dir>/<run>/")
 
 
 @dataclass
@@ -94,6 +96,7 @@ def cross_validate(
     train_only: LabelledHeads, evaluated: LabelledHeads, n: int, settings: EvalSettings,
     progress: bool = True, fixed_folds: np.ndarray | None = None,
     folds_to_run: tuple[int, ...] | None = None, baseline: tuple[str, ...] | None = None,
+    run_name: str = "cv",
 ) -> HeldOutScores:
     """Held-out scores of every row, each from the model of the fold that did not train on it.
 
@@ -121,7 +124,10 @@ def cross_validate(
         held_out = np.flatnonzero(fold_of_row == fold)
         training = LabelledHeads().extend(train_only).extend(
             evaluated.subset(np.flatnonzero(fold_of_row != fold)))
-        trained, train_rows, validation_rows = fit(training, train_settings, progress=False)
+        log_dir = (settings.tensorboard_dir / f"eval-{run_name}-n{n}-fold{fold}"
+                   if settings.tensorboard_dir is not None else None)
+        trained, train_rows, validation_rows = fit(training, train_settings, progress=False,
+                                                   log_dir=log_dir)
         test = evaluated.subset(held_out)
         scores = trained.score(test.batch(n))
         errors[held_out] = scores.reconstruction_error
@@ -154,7 +160,7 @@ def test_on_corpus(
     # Fold 0 holds exactly the test corpus: a one-fold "cross-validation" with fixed sides.
     return cross_validate(train_only, merged, n, settings, fixed_folds=np.array(
         [0 if g not in train_groups else 1 for g in merged.groups]), progress=False,
-        folds_to_run=(0,))
+        folds_to_run=(0,), run_name="test-corpus")
 
 
 def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int) -> list[dict]:
@@ -282,7 +288,8 @@ def leave_protocol_out(
         folds = np.where(labels == protocol, fold, fold_of_row)
         # The autoencoder learns every trained protocol: the left-out one may be the baseline.
         scores = cross_validate(train_only, evaluated, n, settings, progress=False,
-                                fixed_folds=folds, folds_to_run=(fold,), baseline=())
+                                fixed_folds=folds, folds_to_run=(fold,), baseline=(),
+                                run_name=f"without-{protocol}")
         judged = judged_rows(scores)
         novel = judged & (labels == protocol)
         normal = judged & scores.trained_protocol & (labels != UNKNOWN)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: no C++ noise
 
@@ -43,6 +44,7 @@ from headbits.scorer.backend import (
     Scores,
 )
 from headbits.scorer.inprocess import heads_for_model, score_in_chunks
+from headbits.trainer import tensorboard
 from headbits.trainer.calibrate import (
     TailCalibration,
     bit_weights,
@@ -461,6 +463,7 @@ def train(
     validation_autoencoder_rows: np.ndarray | None = None,
     progress: bool = True,
     novelty_labels: Sequence[str] | None = None,
+    log_dir: Path | None = None,
 ) -> TrainedModel:
     """Train with early stopping on `validation`, then calibrate on its normal rows.
 
@@ -469,7 +472,8 @@ def train(
     (a protocol name per training row, default the class) are the groups whose means the novelty
     score measures distances to: with the real labels, a protocol too rare to be a class is still
     near its own mean, so it is normal, not novel. Thresholds and tail probabilities are set on
-    validation rows only: capture groups the weights never learned.
+    validation rows only: capture groups the weights never learned. With `log_dir`, the run
+    writes TensorBoard event files there (trainer/tensorboard.py).
     """
     classes = tuple(classes)
     weights = class_weights(train_labels, len(classes), config.class_balance)
@@ -488,7 +492,8 @@ def train(
     fitted = network.fit(
         train_set.shuffle(len(train), seed=config.seed).batch(config.batch_size),
         validation_data=validation_set.batch(VALIDATION_BATCH_ROWS),
-        epochs=config.max_epochs, callbacks=[stopping], verbose=_keras_verbosity(progress),
+        epochs=config.max_epochs, verbose=_keras_verbosity(progress),
+        callbacks=[stopping] + ([tensorboard.epoch_callback(log_dir)] if log_dir else []),
         shuffle=False,  # the dataset reshuffles itself each epoch, seeded
     )
     graph = ScoringGraph(network, classes)
@@ -517,12 +522,17 @@ def train(
     graph.set_tail_calibration(tail_calibration(
         tails.novelty_score, np.argmax(tails.protocol_probs, axis=1), len(classes),
         config.min_threshold_rows))
+    calibration_rows = np.bincount(predicted, minlength=len(classes))
+    if log_dir is not None:
+        tensorboard.write_calibration(log_dir, classes, thresholds, calibration_rows,
+                                      config.target_fpr, errors, predicted, tails.novelty_score,
+                                      graph.serve)
     return TrainedModel(
         config=config,
         classes=classes,
         thresholds=thresholds,
         global_threshold=threshold_at_fpr(errors, config.target_fpr),
-        calibration_rows=np.bincount(predicted, minlength=len(classes)),
+        calibration_rows=calibration_rows,
         bit_weights=graph.bit_weights.numpy(),
         history={name: [float(v) for v in values] for name, values in fitted.history.items()},
         graph=graph,

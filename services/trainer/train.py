@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from headbits.common.avro import read_heads_file
-from headbits.common.model_repository import RepositoryLocation
+from headbits.common.model_repository import MODEL_NAME, RepositoryLocation, model_versions
 from headbits.common.protocols import UNKNOWN
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 from headbits.trainer import dataset
@@ -45,6 +45,9 @@ class TrainSettings(RepositoryLocation):
     max_epochs: int = setting(60, "upper bound on epochs; early stopping usually ends sooner")
     target_fpr: float = setting(0.001, "false-positive rate the threshold is calibrated to")
     seed: int = setting(0, "seed for the split, the initialisation and generated traffic")
+    tensorboard_dir: Path | None = setting(
+        None, "write TensorBoard event files of each run under <dir>/<model>-v<version>/ "
+              "(losses and metrics per epoch, the graph, thresholds, error histograms)")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ def load_captured_data(args: argparse.Namespace, progress: bool = True) -> Label
 
 def fit(
     data: LabelledHeads, settings: TrainSettings, progress: bool = True,
+    log_dir: Path | None = None,
 ) -> tuple[object, LabelledHeads, LabelledHeads]:
     """Split by group, choose classes, train. Returns (TrainedModel, train rows, validation rows).
 
@@ -143,7 +147,7 @@ def fit(
         dataset.class_indices(validation_rows.labels, classes), config,
         autoencoder_rows=normal_rows(train_rows, settings.baseline),
         validation_autoencoder_rows=normal_rows(validation_rows, settings.baseline),
-        progress=progress, novelty_labels=train_rows.labels,
+        progress=progress, novelty_labels=train_rows.labels, log_dir=log_dir,
     )
     return trained, train_rows, validation_rows
 
@@ -172,7 +176,11 @@ def train_and_export(
     from headbits.trainer.export import export_model
 
     started = time.time()
-    trained, train_rows, validation_rows = fit(data, settings, progress)
+    version = max(model_versions(settings.models_dir), default=0) + 1
+    log_dir = None
+    if settings.tensorboard_dir is not None:
+        log_dir = settings.tensorboard_dir / f"{MODEL_NAME}-v{version}"
+    trained, train_rows, validation_rows = fit(data, settings, progress, log_dir)
     metadata = {
         "training": {
             "sources": sources,
@@ -185,7 +193,7 @@ def train_and_export(
     }
     if evaluate is not None:
         metadata.update(evaluate(trained))
-    version_dir = export_model(trained, settings.models_dir, metadata=metadata)
+    version_dir = export_model(trained, settings.models_dir, version=version, metadata=metadata)
     return TrainedVersion(version_dir, tuple(trained.classes), len(train_rows),
                           len(validation_rows))
 
