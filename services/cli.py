@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
+import tempfile
+from types import ModuleType
 
 from headbits import __version__
 from headbits.common.settings import SettingsError
@@ -47,8 +51,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What TensorFlow's C++ runtime prints when it is imported, before its logging is configured
+# (so TF_CPP_MIN_LOG_LEVEL cannot silence it): facts about the build, nothing to act on.
+TENSORFLOW_STARTUP = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\]"
+    r"|To enable the following instructions: .* rebuild TensorFlow"
+)
+
+
+def import_quietly(name: str) -> ModuleType:
+    """Import a verb's module with TensorFlow's start-up lines left out of stderr.
+
+    The module is imported with file descriptor 2 captured; afterwards every captured line that
+    is not one of TensorFlow's start-up notices is written to stderr, so a real warning or an
+    import error still shows, and `headbits train --help` shows only the help.
+    """
+    if "tensorflow" in sys.modules:
+        return importlib.import_module(name)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            return importlib.import_module(name)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not TENSORFLOW_STARTUP.match(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 def _verb_parser(verb: str):
-    module = importlib.import_module(VERBS[verb][0])
+    module = import_quietly(VERBS[verb][0])
     doc = (module.__doc__ or VERBS[verb][1]).strip()
     parser = argparse.ArgumentParser(
         prog=f"headbits {verb}",

@@ -202,6 +202,29 @@ def test_every_verb_explains_itself(verb, capsys):
         assert text.count("env: HEADBITS_") >= 2
 
 
+@pytest.mark.parametrize("verb", ["train", "eval", "trainer"])
+def test_help_of_tensorflow_verbs_prints_no_tensorflow_noise(verb):
+    """A fresh process (TensorFlow not imported yet): --help says only the help."""
+    result = subprocess.run([sys.executable, "-m", "headbits.cli", verb, "--help"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: headbits {verb}")
+    assert result.stderr == "", result.stderr
+
+
+def test_quiet_import_still_shows_what_is_not_tensorflow_noise(tmp_path, monkeypatch, capfd):
+    from headbits.cli import import_quietly
+
+    (tmp_path / "noisy_module.py").write_text(
+        "import os\n"
+        "os.write(2, b'I0000 00:00:1.5 1 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "os.write(2, b'a real warning\\n')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    import_quietly("noisy_module")
+    err = capfd.readouterr().err
+    assert "a real warning" in err and "oneDNN" not in err
+
+
 def test_unknown_verb_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["no-such-verb"])
