@@ -23,6 +23,7 @@ from headbits.common.avro import DecodeError, SchemaRegistry, ValueCodec
 from headbits.common.kafka import Consumer, KafkaSettings, Message, Producer, ensure_topics
 from headbits.common.logs import configure_logging, fields
 from headbits.common.metrics import Health, ServiceMetrics, serve
+from headbits.common.readiness import KafkaReadiness
 from headbits.common.settings import setting
 
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -127,7 +128,7 @@ class Runtime:
         self.http = None
         if settings.metrics_port >= 0:
             self.http = serve(self.metrics, self.health, settings.metrics_host,
-                              settings.metrics_port)
+                              settings.metrics_port, KafkaReadiness(settings).check)
         self.registry = (
             SchemaRegistry(settings.schema_registry_url, settings.schema_registry_auth)
             if settings.schema_registry_url else None
