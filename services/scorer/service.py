@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from headbits.common.model_repository import MODEL_NAME
 from headbits.common.service import (
     Output,
     Runtime,
@@ -56,7 +57,10 @@ class ScorerSettings(ServiceSettings):
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"
     )
-    serving_target: str = setting("127.0.0.1:8500", "tfserving: gRPC host:port")
+    serving_target: str = setting(
+        "127.0.0.1:8500", "tfserving: gRPC target (host:port, or dns:///host:port to spread over "
+        "every address a headless Service resolves to)")
+    serving_model_name: str = setting(MODEL_NAME, "tfserving: the model's name in TF Serving")
     version_label: str = setting("stable", "tfserving: the version label to score with")
     shadow_label: str | None = setting(
         None, "tfserving: also score with this label (e.g. canary); its scores go to the scores "
@@ -164,7 +168,8 @@ def make_backend(settings: ScorerSettings) -> ScoringBackend:
     if settings.backend == "tfserving":
         from headbits.scorer.tfserving import TFServingBackend
 
-        return TFServingBackend(settings.serving_target, version_label=settings.version_label)
+        return TFServingBackend(settings.serving_target, settings.serving_model_name,
+                                version_label=settings.version_label)
     raise SettingsError(f"backend {settings.backend!r} is not inprocess or tfserving")
 
 
