@@ -102,7 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in VERBS:
         build_parser().parse_args(argv or ["--help"])
         return 2
-    module, parser = _verb_parser(argv[0])
+    try:
+        module, parser = _verb_parser(argv[0])
+    except ModuleNotFoundError as error:
+        # A service image carries only its own stage (the Dockerfile removes the rest).
+        if not (error.name or "").startswith("headbits."):
+            raise
+        print(f"headbits {argv[0]}: not available in this installation ({error.name} is not "
+              "installed; service images carry only their own verbs)", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)

@@ -58,3 +58,12 @@ def export_versions(base_dir: Path, versions: tuple[int, ...] = (1, 2, 3)) -> Pa
         export_model(_trained(version), base_dir, version=version,
                      metadata={"metrics": {"auroc": 0.5 + version / 10}})
     return base_dir
+
+
+def write_config(path: Path, base: Path, versions, labels) -> Path:
+    """The model_config_file of model `headbits` at `base`, as `headbits model` writes it."""
+    from headbits.common.model_repository import config_text, model_server_config, write_atomically
+
+    config = model_server_config("headbits", str(base), versions, labels)
+    write_atomically(path, config_text(config))
+    return path

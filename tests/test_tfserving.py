@@ -35,7 +35,7 @@ from headbits.scorer.backend import BackendUnavailable, disagreement
 from headbits.scorer.inprocess import SavedModelBackend
 from headbits.scorer.tfserving import TFServingBackend, tensor_array, tensor_proto
 from headbits.trainer.rollout import ModelSettings, Repository
-from tests.serving_models import CLASSES, export_versions, labelled_heads
+from tests.serving_models import CLASSES, export_versions, labelled_heads, write_config
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
@@ -58,12 +58,6 @@ def in_process(models_dir):
 def heads():
     batch, _ = labelled_heads(300, seed=7)
     return batch
-
-
-def write_config(path: Path, base: Path, versions, labels) -> Path:
-    config = model_server_config("headbits", str(base), versions, labels)
-    write_atomically(path, config_text(config))
-    return path
 
 
 @pytest.fixture

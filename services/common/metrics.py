@@ -2,13 +2,16 @@
 
 `GET /metrics` is the Prometheus text format; `GET /healthz` answers 200 while the service loop
 has reported progress within `stale_after` seconds (an idle loop still reports) and 503 once it
-has stalled or is shutting down, which is what a Kubernetes liveness probe wants.
+has stalled or is shutting down, which is what a Kubernetes liveness probe wants. `GET /readyz`
+(the readiness probe) answers 200 only while the loop is healthy *and* `ready()` says the
+service's dependencies answer (common.readiness: Kafka), 503 with the reason otherwise.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -93,8 +96,22 @@ class Health:
         return not self._stopping and time.monotonic() - self._last < self._stale_after
 
 
-def serve(metrics: ServiceMetrics, health: Health, host: str, port: int) -> ThreadingHTTPServer:
-    """Start the metrics/health server on a daemon thread; port 0 picks a free one."""
+def serve(
+    metrics: ServiceMetrics,
+    health: Health,
+    host: str,
+    port: int,
+    ready: Callable[[], tuple[bool, str]] | None = None,
+) -> ThreadingHTTPServer:
+    """Start the metrics/health server on a daemon thread; port 0 picks a free one.
+
+    `ready()` -> (ready, reason) decides /readyz besides liveness; None: ready when healthy.
+    """
+
+    def readiness() -> tuple[bool, str]:
+        if not health.healthy():
+            return False, "unhealthy"
+        return ready() if ready is not None else (True, "ok")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -104,8 +121,12 @@ def serve(metrics: ServiceMetrics, health: Health, host: str, port: int) -> Thre
                 ok = health.healthy()
                 status, kind = (200 if ok else 503), "text/plain"
                 body = b"ok\n" if ok else b"unhealthy\n"
+            elif self.path.startswith("/readyz"):
+                ok, reason = readiness()
+                status, kind, body = (200 if ok else 503), "text/plain", f"{reason}\n".encode()
             else:
-                body, status, kind = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+                body, status, kind = (b"not found: try /metrics, /healthz or /readyz\n", 404,
+                                      "text/plain")
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))

@@ -33,6 +33,7 @@ from headbits.common.kafka import (
 from headbits.common.kafka.client_log import count_client_events
 from headbits.common.logs import configure_logging, fields
 from headbits.common.metrics import Health, ServiceMetrics, serve
+from headbits.common.readiness import KafkaReadiness
 from headbits.common.settings import setting
 
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -139,7 +140,7 @@ class Runtime:
         self.http = None
         if settings.metrics_port >= 0:
             self.http = serve(self.metrics, self.health, settings.metrics_host,
-                              settings.metrics_port)
+                              settings.metrics_port, KafkaReadiness(settings).check)
         self.registry = open_registry(settings)
         count_client_events(self.metrics.count_kafka_client_event)
         self.producer = Producer(settings, settings.producer_buffer_mb)

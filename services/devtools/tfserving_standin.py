@@ -9,23 +9,41 @@ see it: the same `<base_path>/<int version>/` layout, the same `--model_config_f
 `HandleReloadConfigRequest`, with TF Serving's status codes and messages. Production runs the
 real `tensorflow/serving` image (see docs/serving.md and the Helm chart).
 
-Known differences: no request batching, no REST API, no warm-up, and versions load synchronously
-during a config reload (TF Serving loads them in the background and reports LOADING meanwhile,
-which is why `headbits model promote` waits on GetModelStatus rather than on the reload RPC).
+The verb takes `tensorflow_model_server`'s own flags (`--model_config_file=...`, `--port`,
+`--rest_api_port`, `--enable_batching`, `--batching_parameters_file`, `--monitoring_config_file`,
+`--allow_version_labels_for_unavailable_models`, the poll and thread flags), so the arguments a
+Helm chart renders for the real server can be started here, and refuses what the real server
+refuses at start-up (model_servers/server.cc, server_core.cc): a config or batching or monitoring
+file that does not parse as its proto, a batching file without `--enable_batching`, all three
+parallelism flags at once, labels on versions not loaded yet without the labels flag. With
+`--rest_api_port` it serves the REST API's model status and metadata
+(`/v1/models/<name>[/versions/<n>|/labels/<label>][/metadata]`, TF Serving's HTTP codes) and,
+when the monitoring config enables it, Prometheus metrics of its own requests.
+
+Known differences: no request batching (the batching file is parsed and checked, then unused),
+no REST predict, no warm-up, and versions load synchronously during a config reload (TF Serving
+loads them in the background and reports LOADING meanwhile, which is why `headbits model
+promote` waits on GetModelStatus rather than on the reload RPC). It binds `--host` (loopback by
+default) where TF Serving binds every address, and `--port=0` picks a free port.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import re
 import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import wrappers_pb2 as _wrappers
 
 from headbits.common import model_repository
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
@@ -35,11 +53,26 @@ log = logging.getLogger("headbits.serving_standin")
 
 @dataclass(frozen=True)
 class StandinSettings:
+    """The stand-in's settings; every field but `host`, `max_workers` and `max_message_bytes` is
+    a `tensorflow_model_server` flag of the same name and meaning."""
+
     model_config_file: Path = setting(
         Path("models/models.config"), "TF Serving model_config_file (text proto) to serve"
     )
     host: str = setting("127.0.0.1", "address to listen on")
     port: int = setting(8500, "gRPC port, TF Serving's default (0 picks a free port)")
+    rest_api_port: int = setting(0, "REST port, as TF Serving's flag (0: no REST API)")
+    enable_batching: bool = setting(False, "as TF Serving's flag (the file is checked, unused)")
+    batching_parameters_file: str = setting(
+        "", "BatchingParameters text proto; refused without enable_batching, as TF Serving does"
+    )
+    monitoring_config_file: str = setting(
+        "", "MonitoringConfig text proto (Prometheus metrics on the REST port)"
+    )
+    tensorflow_intra_op_parallelism: int = setting(0, "as TF Serving's flag (checked, unused)")
+    tensorflow_inter_op_parallelism: int = setting(0, "as TF Serving's flag (checked, unused)")
+    tensorflow_session_parallelism: int = setting(0, "as TF Serving's flag (checked, unused)")
+    rest_api_num_threads: int = setting(4, "as TF Serving's flag (accepted, unused)")
     file_system_poll_wait_seconds: float = setting(
         1.0, "seconds between scans for new versions, as TF Serving's flag (<= 0: never)"
     )
@@ -53,6 +86,16 @@ class StandinSettings:
     max_message_bytes: int = setting(256 << 20, "largest request or response in bytes")
 
 
+# tensorflow_model_server's flags that the verb accepts under their own names (`--name=value`).
+MODEL_SERVER_FLAGS = (
+    "port", "rest_api_port", "model_config_file", "model_config_file_poll_wait_seconds",
+    "file_system_poll_wait_seconds", "allow_version_labels_for_unavailable_models",
+    "enable_batching", "batching_parameters_file", "monitoring_config_file",
+    "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
+    "tensorflow_session_parallelism", "rest_api_num_threads",
+)
+
+
 class ServingError(Exception):
     """A request TF Serving would refuse, with its gRPC status code."""
 
@@ -60,6 +103,102 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _message_classes(package: str, messages: dict[str, list[tuple]]) -> dict[str, type]:
+    """Message classes made from field lists (name, number, type, label, type name): the protos
+    of TF Serving's start-up files that the `tensorflow-serving-api` package does not ship."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(_wrappers.DESCRIPTOR.serialized_pb)
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"headbits_standin_{package.replace('.', '_')}.proto", package=package,
+        syntax="proto3", dependency=["google/protobuf/wrappers.proto"],
+    )
+    for name, fields in messages.items():
+        message = file.message_type.add(name=name)
+        for field_name, number, kind, label, type_name in fields:
+            message.field.add(name=field_name, number=number, type=kind, label=label,
+                              type_name=type_name or None)
+    pool.Add(file)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+            for name in messages}
+
+
+_F = descriptor_pb2.FieldDescriptorProto
+_OPTIONAL, _REPEATED = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
+_INT64_VALUE = (_F.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.Int64Value")
+# servables/tensorflow/session_bundle_config.proto and config/monitoring_config.proto.
+_STARTUP_PROTOS = _message_classes("tensorflow.serving", {
+    "BatchingParameters": [
+        ("max_batch_size", 1, *_INT64_VALUE),
+        ("batch_timeout_micros", 2, *_INT64_VALUE),
+        ("max_enqueued_batches", 3, *_INT64_VALUE),
+        ("num_batch_threads", 4, *_INT64_VALUE),
+        ("thread_pool_name", 5, _F.TYPE_MESSAGE, _OPTIONAL, ".google.protobuf.StringValue"),
+        ("allowed_batch_sizes", 6, _F.TYPE_INT64, _REPEATED, ""),
+        ("pad_variable_length_inputs", 7, _F.TYPE_BOOL, _OPTIONAL, ""),
+    ],
+    "PrometheusConfig": [
+        ("enable", 1, _F.TYPE_BOOL, _OPTIONAL, ""),
+        ("path", 2, _F.TYPE_STRING, _OPTIONAL, ""),
+    ],
+    "MonitoringConfig": [
+        ("prometheus_config", 1, _F.TYPE_MESSAGE, _OPTIONAL,
+         ".tensorflow.serving.PrometheusConfig"),
+    ],
+})
+BatchingParameters = _STARTUP_PROTOS["BatchingParameters"]
+MonitoringConfig = _STARTUP_PROTOS["MonitoringConfig"]
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's kPrometheusPath
+
+
+def parse_text_proto(path: str | Path, message_class: type):
+    """server.cc's ParseProtoTextFile: an unreadable or unparsable file is INVALID_ARGUMENT."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"{path}; {error.strerror}") from error
+    message = message_class()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as error:
+        log.error("%s: %s", path, error)
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Invalid protobuf file: '{path}'") from error
+    return message
+
+
+def check_startup_flags(settings: StandinSettings):
+    """Server::BuildAndStart's checks, in its order; returns the parsed monitoring config."""
+    if settings.enable_batching and settings.batching_parameters_file:
+        batching = parse_text_proto(settings.batching_parameters_file, BatchingParameters)
+        sizes = list(batching.allowed_batch_sizes)
+        # batching_session.cc refuses these when the model loads, which fails start-up.
+        if sizes and (sizes != sorted(set(sizes))
+                      or sizes[-1] != batching.max_batch_size.value):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "allowed_batch_sizes entries must be monotonically increasing and the final "
+                "entry must equal max_batch_size",
+            )
+    elif settings.batching_parameters_file:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true.",
+        )
+    if min(settings.tensorflow_intra_op_parallelism, settings.tensorflow_inter_op_parallelism,
+           settings.tensorflow_session_parallelism) > 0:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all.",
+        )
+    monitoring = MonitoringConfig()
+    if settings.rest_api_port and settings.monitoring_config_file:
+        monitoring = parse_text_proto(settings.monitoring_config_file, MonitoringConfig)
+    return monitoring
 
 
 @dataclass
@@ -200,6 +339,15 @@ class ServingCore:
             del self._loaded[name][version]
             self._states[name][version] = (self._state.END, "")
             log.info("unloaded %s version %d", name, version)
+
+    def label_version(self, name: str, label: str) -> int:
+        """The version a label names; INVALID_ARGUMENT for a label the config does not define."""
+        with self._lock:
+            version = self._labels.get(name, {}).get(label)
+        if version is None:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Unrecognized servable version label: {label}")
+        return version
 
     def resolve(self, model_spec) -> LoadedVersion:
         """ServerCore::ServableRequestFromModelSpec + GetServableHandle: NOT_FOUND for a model or
@@ -411,7 +559,29 @@ def model_status(core: ServingCore, request):
     return response
 
 
-def _servicers(core: ServingCore):
+class RequestCounts:
+    """Requests by model and status, exported as TF Serving names its counter."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def count(self, model_name: str, status: str) -> None:
+        with self._lock:
+            key = (model_name, status)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def prometheus_text(self) -> str:
+        name = ":tensorflow:serving:request_count"
+        with self._lock:
+            counts = sorted(self._counts.items())
+        lines = [f"# TYPE {name} counter"]
+        lines += [f'{name}{{model_name="{model}",status="{status}"}} {count}'
+                  for (model, status), count in counts]
+        return "\n".join(lines) + "\n"
+
+
+def _servicers(core: ServingCore, counts: RequestCounts):
     from tensorflow_serving.apis import (
         model_management_pb2,
         model_service_pb2_grpc,
@@ -420,9 +590,12 @@ def _servicers(core: ServingCore):
 
     def answer(handler, request, context):
         try:
-            return handler(core, request)
+            response = handler(core, request)
         except ServingError as error:
+            counts.count(request.model_spec.name, error.code.name)
             context.abort(error.code, error.message)
+        counts.count(request.model_spec.name, "OK")
+        return response
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):  # noqa: N802 - gRPC's name
@@ -453,6 +626,77 @@ def _servicers(core: ServingCore):
     )
 
 
+# http_server.cc's ToHTTPStatusCode.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+MODEL_PATH = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<metadata>/metadata)?"
+)
+
+
+def rest_get(core: ServingCore, path: str) -> dict:
+    """GET of the REST API's model status or metadata, as the gRPC calls answer them."""
+    from google.protobuf import json_format
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+    match = MODEL_PATH.fullmatch(path)
+    if match is None:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Malformed request: GET {path}")
+    if match["metadata"]:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    else:
+        request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = match["name"]
+    if match["version"]:
+        request.model_spec.version.value = int(match["version"])
+    elif match["label"]:
+        if match["metadata"]:
+            request.model_spec.version_label = match["label"]
+        else:  # the status of the version the label names
+            version = core.label_version(match["name"], match["label"])
+            request.model_spec.version.value = version
+    response = (model_metadata if match["metadata"] else model_status)(core, request)
+    return json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def rest_server(core: ServingCore, counts: RequestCounts, monitoring, host: str,
+                port: int) -> ThreadingHTTPServer:
+    """The REST API's read-only part, and Prometheus metrics when the monitoring config says so."""
+    prometheus = monitoring.prometheus_config
+    metrics_path = (prometheus.path or PROMETHEUS_PATH) if prometheus.enable else None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if metrics_path and path == metrics_path:
+                self._reply(200, counts.prometheus_text().encode(), "text/plain; version=0.0.4")
+                return
+            try:
+                status, body = 200, rest_get(core, path)
+            except ServingError as error:
+                status, body = HTTP_STATUS.get(error.code, 500), {"error": error.message}
+            self._reply(status, json.dumps(body, indent=1).encode(), "application/json")
+
+        def _reply(self, status: int, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            """Probes call every few seconds: not logged."""
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
 class StandinServer:
     """A running stand-in: the gRPC server plus the threads that poll files and the config."""
 
@@ -460,7 +704,19 @@ class StandinServer:
         self.settings = settings
         self.core = ServingCore(settings.allow_version_labels_for_unavailable_models)
         self._config_text = settings.model_config_file.read_text()
-        self.core.reload_config(read_model_server_config(settings.model_config_file))
+        config = read_model_server_config(settings.model_config_file)
+        # server.cc's order: the start-up files and flags, then ServerCore::Create (labels).
+        monitoring = check_startup_flags(settings)
+        self.core.reload_config(config)
+        self.counts = RequestCounts()
+        self.rest = None
+        if settings.rest_api_port:
+            if settings.rest_api_port == settings.port:
+                log.error("server_options.http_port cannot be same as grpc_port. Skipped "
+                          "exporting HTTP/REST API.")
+            else:
+                self.rest = rest_server(self.core, self.counts, monitoring, settings.host,
+                                        settings.rest_api_port)
         options = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -468,7 +724,7 @@ class StandinServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers), options=options
         )
-        for add, servicer in _servicers(self.core):
+        for add, servicer in _servicers(self.core, self.counts):
             add(servicer, self._server)
         self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
@@ -487,8 +743,15 @@ class StandinServer:
     def target(self) -> str:
         return f"{self.settings.host}:{self.port}"
 
+    @property
+    def rest_port(self) -> int | None:
+        return self.rest.server_address[1] if self.rest else None
+
     def start(self) -> StandinServer:
         self._server.start()
+        if self.rest is not None:
+            threading.Thread(target=self.rest.serve_forever, name="standin-rest",
+                             daemon=True).start()
         for poller in self._pollers:
             poller.start()
         return self
@@ -496,6 +759,9 @@ class StandinServer:
     def stop(self, grace: float | None = 0.5) -> None:
         self._stopping.set()
         self._server.stop(grace).wait()
+        if self.rest is not None:
+            self.rest.shutdown()
+            self.rest.server_close()
         for poller in self._pollers:
             poller.join()
 
@@ -521,6 +787,16 @@ class StandinServer:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser, StandinSettings)
+    flags = parser.add_argument_group(
+        "tensorflow_model_server's flags (the same settings under the real server's names)")
+    bools = {f.name for f in dataclasses.fields(StandinSettings) if f.type in (bool, "bool")}
+    for name in MODEL_SERVER_FLAGS:
+        if "_" not in name:  # --port is already the settings option
+            continue
+        # TF Serving's bool flags may stand alone: --enable_batching means true.
+        lone = {"nargs": "?", "const": "true"} if name in bools else {}
+        flags.add_argument(f"--{name}", dest=name, default=None, metavar="VALUE",
+                           help=f"as tensorflow_model_server --{name}=VALUE", **lone)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -529,10 +805,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = StandinServer(settings).start()
     except (ServingError, OSError) as error:
-        print(f"Failed to start server. Error: {getattr(error, 'message', error)}")
+        code = f"{error.code.name}: " if isinstance(error, ServingError) else ""
+        print(f"Failed to start server. Error: {code}{getattr(error, 'message', error)}",
+              flush=True)
         return 1
-    print(f"headbits serving-standin (development stand-in for TF Serving) on {server.target}",
-          flush=True)
+    rest = f", REST on {settings.host}:{server.rest_port}" if server.rest_port else ""
+    print(f"headbits serving-standin (development stand-in for TF Serving) on {server.target}"
+          f"{rest}", flush=True)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:

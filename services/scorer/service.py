@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from headbits.common.kafka import AlertsTopic, DriftTopic, FeaturesTopic, ScoresTopic
 from headbits.common.logs import fields
+from headbits.common.model_repository import MODEL_NAME
 from headbits.common.service import (
     Output,
     Runtime,
@@ -67,7 +68,10 @@ class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, D
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"
     )
-    serving_target: str = setting("127.0.0.1:8500", "tfserving: gRPC host:port")
+    serving_target: str = setting(
+        "127.0.0.1:8500", "tfserving: gRPC target (host:port, or dns:///host:port to spread over "
+        "every address a headless Service resolves to)")
+    serving_model_name: str = setting(MODEL_NAME, "tfserving: the model's name in TF Serving")
     version_label: str = setting("stable", "tfserving: the version label to score with")
     shadow_label: str | None = setting(
         None, "tfserving: also score with this label (e.g. canary); its scores go to the scores "
@@ -263,7 +267,8 @@ def make_backend(settings: ScorerSettings) -> ScoringBackend:
     if settings.backend == "tfserving":
         from headbits.scorer.tfserving import TFServingBackend
 
-        return TFServingBackend(settings.serving_target, version_label=settings.version_label)
+        return TFServingBackend(settings.serving_target, settings.serving_model_name,
+                                version_label=settings.version_label)
     raise SettingsError(f"backend {settings.backend!r} is not inprocess or tfserving")
 
 

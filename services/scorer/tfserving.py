@@ -162,6 +162,9 @@ def open_channel(
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 5_000),
         ("grpc.enable_retries", 0),  # retries are ours, with backoff and a bounded count
+        # Spread requests over every address the target resolves to (a headless Service names
+        # each TF Serving pod); gRPC's default, pick_first, pins a scorer to one pod.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
     if tls is None:
         return grpc.insecure_channel(target, options=options)

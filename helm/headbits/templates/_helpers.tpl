@@ -16,9 +16,28 @@
 {{- end }}
 {{- end }}
 
-{{/* Resource name of a component: (list root "component"). */}}
+{{/*
+A name or label value of at most `max` characters: (list "name" max). A longer one keeps its
+start and ends in 8 hex digits of its hash, so two long names that share a start stay distinct.
+*/}}
+{{- define "headbits.shortName" -}}
+{{- $name := index . 0 }}
+{{- $max := int (index . 1) }}
+{{- if le (len $name) $max }}
+{{- $name }}
+{{- else }}
+{{- printf "%s-%s" (trunc (int (sub $max 9)) $name | trimSuffix "-") (sha256sum $name | trunc 8) }}
+{{- end }}
+{{- end }}
+
+{{/* Resource name of a component (at most 63 characters): (list root "component"). */}}
 {{- define "headbits.componentName" -}}
-{{- printf "%s-%s" (include "headbits.fullname" (index . 0)) (index . 1) | trunc 63 | trimSuffix "-" }}
+{{- include "headbits.shortName" (list (printf "%s-%s" (include "headbits.fullname" (index . 0)) (index . 1)) 63) }}
+{{- end }}
+
+{{/* The trainer CronJob: its name leaves 11 characters for its Jobs' suffix, at most 52. */}}
+{{- define "headbits.trainerName" -}}
+{{- include "headbits.shortName" (list (printf "%s-trainer" (include "headbits.fullname" .)) 52) }}
 {{- end }}
 
 {{- define "headbits.labels" -}}
@@ -45,8 +64,90 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
+{{/* The image of a headbits service (a Dockerfile target): (list root "service"). */}}
 {{- define "headbits.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $root := index . 0 }}
+{{- $service := index . 1 }}
+{{- $image := $root.Values.image }}
+{{- with get $image.digests $service }}
+{{- printf "%s-%s@%s" $image.repository $service . }}
+{{- else }}
+{{- printf "%s-%s:%s" $image.repository $service (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* CPU cores of a Kubernetes quantity ("500m", "2"), rounded up, at least 1. */}}
+{{- define "headbits.cpuCores" -}}
+{{- $cpu := toString . }}
+{{- if hasSuffix "m" $cpu }}
+{{- max 1 (div (add (trimSuffix "m" $cpu | int) 999) 1000) }}
+{{- else }}
+{{- max 1 (ceil (float64 $cpu) | int) }}
+{{- end }}
+{{- end }}
+
+{{/* TF Serving's TensorFlow threads: tfserving.threads, or its CPU request rounded up. */}}
+{{- define "headbits.tfservingThreads" -}}
+{{- $t := .Values.tfserving }}
+{{- if $t.threads }}
+{{- $t.threads }}
+{{- else }}
+{{- include "headbits.cpuCores" (dig "requests" "cpu" "1" $t.resources) }}
+{{- end }}
+{{- end }}
+
+{{/* The model's base_path as TF Serving reads it: on the volume, or in the object store. */}}
+{{- define "headbits.modelBasePath" -}}
+{{- if eq .Values.models.storage "objectStore" }}
+{{- printf "%s/%s" .Values.models.objectStore.basePath .Values.tfserving.modelName }}
+{{- else }}
+{{- printf "%s/%s" .Values.models.mountPath .Values.tfserving.modelName }}
+{{- end }}
+{{- end }}
+
+{{/*
+The `headbits model` settings of the trainer and the rollout Job: the repository on the models
+volume, TF Serving's model name and base path, and the server to wait on during a promotion.
+*/}}
+{{- define "headbits.modelSettings" -}}
+models_dir: {{ .Values.models.mountPath | quote }}
+config_file: {{ printf "%s/%s" .Values.models.mountPath .Values.tfserving.modelConfigFile | quote }}
+model_name: {{ .Values.tfserving.modelName | quote }}
+serving_base_path: {{ include "headbits.modelBasePath" . | quote }}
+{{- if .Values.tfserving.enabled }}
+server: {{ printf "%s:%d" (include "headbits.componentName" (list . "tfserving")) (int .Values.tfserving.grpcPort) | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Keys of the kafka `<key>_topic` settings that the enabled services write: the KafkaTopics to
+create. The scorer writes scores with write_scores or a shadow label.
+*/}}
+{{- define "headbits.writtenTopics" -}}
+{{- $topics := list "deadletter" }}
+{{- if .Values.collector.enabled }}{{ $topics = append $topics "heads" }}{{ end }}
+{{- if .Values.featurizer.enabled }}{{ $topics = append $topics "features" }}{{ end }}
+{{- if .Values.scorer.enabled }}
+{{- $topics = append $topics "alerts" }}
+{{- $scorer := .Values.scorer.settings }}
+{{- if or (eq (toString (default false $scorer.write_scores)) "true") $scorer.shadow_label }}
+{{- $topics = append $topics "scores" }}
+{{- end }}
+{{- if ne (toString (dig "write_drift" true $scorer)) "false" }}
+{{- $topics = append $topics "drift" }}
+{{- end }}
+{{- end }}
+{{- toJson (dict "topics" $topics) }}
+{{- end }}
+
+{{/* Metric annotations on pods, unless a ServiceMonitor scrapes them: (list root port path). */}}
+{{- define "headbits.metricsAnnotations" -}}
+{{- $root := index . 0 }}
+{{- if and $root.Values.metrics.podAnnotations (not $root.Values.metrics.serviceMonitor.enabled) }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ index . 1 | quote }}
+prometheus.io/path: {{ index . 2 }}
+{{- end }}
 {{- end }}
 
 {{- define "headbits.modelsClaimName" -}}
@@ -93,8 +194,8 @@ settings class has exactly these topic settings (services/<stage>/service.py).
 {{- $uses := dict
   "collector" (dict "topics" (list "heads" "deadletter") "createsTopics" true)
   "featurizer" (dict "topics" (list "heads" "features" "deadletter") "createsTopics" true)
-  "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter") "createsTopics" true)
-  "trainer" (dict "topics" (list "features") "createsTopics" false) }}
+  "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter" "drift") "createsTopics" true)
+  "trainer" (dict "topics" (list "features" "drift") "createsTopics" false) }}
 {{- toYaml (index $uses .) }}
 {{- end }}
 
@@ -109,7 +210,7 @@ default; string values are templates; settings in secretSettings come from their
 {{- if .kafka }}
 {{- $kafka := include "headbits.kafkaSettings" $root | fromYaml }}
 {{- $uses := include "headbits.kafkaUse" .verb | fromYaml }}
-{{- range $kind := list "heads" "features" "alerts" "scores" "deadletter" }}
+{{- range $kind := list "heads" "features" "alerts" "scores" "deadletter" "drift" }}
 {{- if not (has $kind $uses.topics) }}
 {{- $_ := unset $kafka (printf "%s_topic" $kind) }}
 {{- $_ := unset $kafka (printf "%s_retention_days" $kind) }}

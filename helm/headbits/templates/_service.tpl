@@ -1,6 +1,7 @@
 {{/*
-A Deployment running `headbits <verb>`, a consuming service with Prometheus metrics and /healthz
-on its settings' metrics_port:
+A Deployment running `headbits <verb>` from the service's image, with Prometheus metrics,
+/healthz (liveness: the loop runs) and /readyz (readiness: and Kafka answers) on its settings'
+metrics_port:
 (dict "root" $ "component" "scorer" "name" "scorer" "verb" "scorer" "values" .Values.scorer
       "settings" merged-settings "replicas" n)
 */}}
@@ -8,6 +9,8 @@ on its settings' metrics_port:
 {{- $root := .root }}
 {{- $values := .values }}
 {{- $port := int (default 9100 .settings.metrics_port) }}
+{{- $deployment := include "headbits.shortName" (list .name 63) }}
+{{- $autoscaled := and $values.autoscaling (or $values.autoscaling.enabled $values.autoscaling.lag.enabled) }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -16,13 +19,13 @@ metadata:
     {{- include "headbits.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
 spec:
-  {{- if not (and $values.autoscaling $values.autoscaling.enabled) }}
+  {{- if not $autoscaled }}
   replicas: {{ .replicas }}
   {{- end }}
   selector:
     matchLabels:
       {{- include "headbits.selectorLabels" (list $root .component) | nindent 6 }}
-      headbits.io/deployment: {{ .name }}
+      headbits.io/deployment: {{ $deployment }}
   strategy:
     # Start the new pod before stopping the old one: a duplicate is harmless (scoring is
     # idempotent by uid), a gap loses what Zeek sent meanwhile.
@@ -34,14 +37,12 @@ spec:
     metadata:
       labels:
         {{- include "headbits.selectorLabels" (list $root .component) | nindent 8 }}
-        headbits.io/deployment: {{ .name }}
+        headbits.io/deployment: {{ $deployment }}
+      {{- $annotations := merge (include "headbits.metricsAnnotations" (list $root $port "/metrics") | fromYaml) (deepCopy $values.podAnnotations) }}
+      {{- with $annotations }}
       annotations:
-        prometheus.io/scrape: "true"
-        prometheus.io/port: {{ $port | quote }}
-        prometheus.io/path: /metrics
-        {{- with $values.podAnnotations }}
         {{- toYaml . | nindent 8 }}
-        {{- end }}
+      {{- end }}
     spec:
       serviceAccountName: {{ include "headbits.serviceAccountName" $root }}
       automountServiceAccountToken: {{ $root.Values.serviceAccount.automountServiceAccountToken }}
@@ -55,8 +56,9 @@ spec:
       terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
       containers:
         - name: {{ .component }}
-          image: {{ include "headbits.image" $root }}
+          image: {{ include "headbits.image" (list $root .component) }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: ["headbits"]
           args: [{{ .verb | quote }}]
           env:
             {{- include "headbits.settingsEnv" (dict "root" $root "settings" .settings "kafka" true "verb" .verb) | trim | nindent 12 }}
@@ -72,9 +74,10 @@ spec:
             periodSeconds: 15
             timeoutSeconds: 5
             failureThreshold: 4
+          # Not ready while Kafka is unreachable (a metadata request), without a restart.
           readinessProbe:
             httpGet:
-              path: /healthz
+              path: /readyz
               port: metrics
             periodSeconds: 10
             timeoutSeconds: 5
