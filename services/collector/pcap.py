@@ -103,10 +103,9 @@ def read_capture(path: Path, n: int = MAX_HEAD_BYTES, sensor: str | None = None)
             for linktype, ts, frame in _records(stream):
                 result.packets += 1
                 decoded = _decode(linktype, ts, frame)
-                if isinstance(decoded, str):
-                    skipped[decoded] += 1
-                else:
-                    table.add(decoded)
+                refused = decoded if isinstance(decoded, str) else table.add(decoded)
+                if refused is not None:
+                    skipped[refused] += 1
     except CaptureFormatError as error:
         result.errors.append(f"{path}: {error} (after {result.packets} packets)")
     except OSError as error:
