@@ -12,11 +12,11 @@ import pytest
 
 from headbits.collector.pcap import read_capture
 from headbits.collector.reassembly import (
+    LAND_REASON,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
-    LAND_REASON,
     ConnectionTable,
     Segment,
     connection_uid,
