@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from headbits.collector.sources.base import Rejected
+from headbits.collector.sources.base import EndOfSource, Rejected
 from headbits.collector.sources.websocket import WebSocketSource
 from headbits.collector.zeek_event import encode_event
 from headbits.common.records import PayloadHead
@@ -179,5 +179,53 @@ def test_full_queue_stops_reading_the_socket(serve) -> None:
         assert len(source._handoff) == 1000
         assert queued - 1000 <= 2 * 4096
         assert read_until(source, 5000)[:5000] == heads[:5000]
+    finally:
+        source.close()
+
+
+def test_an_unexpected_error_in_the_reader_is_logged_and_reconnects(serve, caplog,
+                                                                    monkeypatch) -> None:
+    """The reader thread once died silently on an exception it did not expect, and `read`
+    returned [] for ever. An injected decoder bug must now be logged with its traceback and the
+    source must reconnect and go on delivering."""
+    from headbits.collector.sources import websocket
+
+    real_decode = websocket.decode_event
+    calls = {"count": 0}
+
+    def decode_with_one_bug(message, sensor):
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise RuntimeError("injected decoder bug")
+        return real_decode(message, sensor)
+
+    monkeypatch.setattr(websocket, "decode_event", decode_with_one_bug)
+    heads = make_heads(2000)
+    server = serve(data_messages(heads, TOPIC))
+    source = WebSocketSource(server.url, "zeek-1", reconnect_initial=0.05)
+    try:
+        items = read_until(source, 100, timeout=20)
+    finally:
+        source.close()
+    assert "unexpected error; reconnecting" in caplog.text
+    assert "injected decoder bug" in caplog.text  # the traceback is in the log
+    assert source.counts["connections"] >= 2
+    assert items and set(items) <= set(heads)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_read_ends_the_source_once_the_reader_thread_is_gone(serve, monkeypatch) -> None:
+    """Even what no handler may catch (SystemExit in the thread) ends in EndOfSource."""
+    from headbits.collector.sources import websocket
+
+    def exits(message, sensor):
+        raise SystemExit("injected")
+
+    monkeypatch.setattr(websocket, "decode_event", exits)
+    source = WebSocketSource(serve(data_messages(make_heads(10), TOPIC)).url, "zeek-1")
+    try:
+        with pytest.raises(EndOfSource):
+            for _ in range(100):
+                source.read(10, 0.1)
     finally:
         source.close()
