@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hmac
 import os
 import types
 import typing
@@ -23,6 +24,39 @@ ENV_PREFIX = "HEADBITS_"
 CONFIG_ENV = "HEADBITS_CONFIG"
 
 SettingsT = TypeVar("SettingsT")
+
+
+class Secret:
+    """A setting that must never be shown (a password): its repr, str and format are `***`,
+    so a settings object can be logged or appear in an error message whole. `reveal()` hands the
+    value to the one client that needs it; nothing else should call it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(
+            self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(Secret)
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a Secret is not pickled")
 
 
 class SettingsError(ValueError):
@@ -69,6 +103,8 @@ def _convert(raw: Any, kind: Any, where: str) -> Any:
             raise ValueError(f"{raw!r} is not a boolean (use true or false)")
         if kind is Path:
             return Path(raw)
+        if kind is Secret:
+            return raw if isinstance(raw, Secret) else Secret(str(raw))
         if kind in (int, float, str):
             return kind(raw)
     except (TypeError, ValueError) as error:
@@ -135,6 +171,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def _metavar(kind: Any) -> str:
+    if kind is Secret or Secret in typing.get_args(kind):
+        return "SECRET"
     if kind is bool:
         return "BOOL"
     if kind in (int, float):
