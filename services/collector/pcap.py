@@ -246,6 +246,12 @@ def _pcapng_packet(
     block_type: int, body: bytes, endian: str, *, interfaces: list[_Interface], offset: int,
     number: int,
 ) -> tuple[int, float, bytes]:
+    minimum = 8 if block_type == _PCAPNG_SPB else 24  # fixed fields + trailing block length
+    if len(body) < minimum:
+        raise CaptureFormatError(
+            f"corrupt packet block at byte offset {offset} (packet {number}): "
+            f"{len(body) + 8} bytes, too short for its fixed fields"
+        )
     if block_type == _PCAPNG_SPB:
         interface_id, ts_high, ts_low = 0, 0, 0
         (original_len,) = struct.unpack_from(endian + "I", body, 0)

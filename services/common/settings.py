@@ -88,7 +88,12 @@ def _convert(raw: Any, kind: Any, where: str) -> Any:
         return _convert(raw, options[0], where)
     if origin is tuple:
         item_kind = typing.get_args(kind)[0]
-        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        if raw is None:
+            return ()
+        if isinstance(raw, str):
+            items = raw.split(",")
+        else:
+            items = list(raw) if isinstance(raw, list | tuple) else [raw]
         return tuple(_convert(item.strip() if isinstance(item, str) else item, item_kind, where)
                      for item in items if item != "")
     try:
@@ -105,9 +110,11 @@ def _convert(raw: Any, kind: Any, where: str) -> Any:
             return Path(raw)
         if kind is Secret:
             return raw if isinstance(raw, Secret) else Secret(str(raw))
+        if isinstance(raw, dict | list | tuple):
+            raise ValueError(f"expected one value, got a {type(raw).__name__}")
         if kind in (int, float, str):
             return kind(raw)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise SettingsError(f"{where}: {error}") from error
     raise SettingsError(f"{where}: unsupported settings type {kind!r}")
 
@@ -129,11 +136,11 @@ def load_settings(
         path = Path(config_file)
         try:
             document = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise SettingsError(f"config file {path}: {error}") from error
         if not isinstance(document, dict):
             raise SettingsError(f"config file {path}: expected a mapping of setting names")
-        unknown = sorted(set(document) - names)
+        unknown = sorted(str(name) for name in set(document) - names)  # keys may be any YAML
         if unknown:
             raise SettingsError(f"config file {path}: unknown settings {unknown}")
         for name, raw in document.items():
