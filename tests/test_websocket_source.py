@@ -229,3 +229,34 @@ def test_read_ends_the_source_once_the_reader_thread_is_gone(serve, monkeypatch)
                 source.read(10, 0.1)
     finally:
         source.close()
+
+
+def test_wss_with_a_custom_ca_through_the_collector_settings(tmp_path, caplog) -> None:
+    """`wss://` to a sensor whose certificate a private CA signed: trusted through
+    `tls_ca_file`, refused (certificate verify failed, logged) without it."""
+    import ssl
+
+    from headbits.collector.service import CollectorSettings, make_source
+    from headbits.devtools.certificates import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server.cert_file, pki.server.key_file)
+    heads = make_heads(50)
+    server = RunningServer(WebSocketReplayServer(data_messages(heads, TOPIC)), ssl=context)
+    try:
+        assert server.url.startswith("wss://")
+        untrusted = make_source(CollectorSettings(websocket_url=server.url, sensor="zeek-1"))
+        try:
+            assert read_until(untrusted, 1, timeout=3) == []
+        finally:
+            untrusted.close()
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+        trusted = make_source(CollectorSettings(websocket_url=server.url, sensor="zeek-1",
+                                                tls_ca_file=str(pki.ca_file)))
+        try:
+            assert read_until(trusted, len(heads)) == heads
+        finally:
+            trusted.close()
+    finally:
+        server.stop()
