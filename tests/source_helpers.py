@@ -55,17 +55,18 @@ def read_until(source: Source, count: int, timeout: float = 30.0) -> list[Source
 
 
 class RunningServer:
-    def __init__(self, server: WebSocketReplayServer) -> None:
+    def __init__(self, server: WebSocketReplayServer, ssl: object = None) -> None:
         self.server = server
+        self.scheme = "ws" if ssl is None else "wss"
         self.loop = asyncio.new_event_loop()
-        self.listener = self.loop.run_until_complete(server.serve("127.0.0.1", 0))
+        self.listener = self.loop.run_until_complete(server.serve("127.0.0.1", 0, ssl=ssl))
         self.port = self.listener.sockets[0].getsockname()[1]
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/messages/json"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1/messages/json"
 
     def stop(self) -> None:
         async def shutdown() -> None:

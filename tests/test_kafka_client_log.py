@@ -6,6 +6,8 @@ import contextlib
 import logging
 import time
 
+import pytest
+
 from headbits.common.kafka import DeliveryFailedError, KafkaConnection, Producer
 from headbits.common.kafka.client_log import CLIENT_LOGGER, count_client_events
 from headbits.common.logs import JsonLinesFormatter
@@ -55,3 +57,15 @@ def test_a_new_counter_replaces_the_old_one() -> None:
     count_client_events(second.append)
     CLIENT_LOGGER.warning("one line")
     assert (first, second) == ([], ["warning"])
+
+
+def test_a_full_buffer_raises_after_its_bound_instead_of_retrying_for_ever() -> None:
+    from headbits.common.kafka.producer import ProducerStalledError
+
+    producer = Producer(UNREACHABLE, buffer_mb=1, buffer_wait_seconds=1.0)
+    started = time.monotonic()
+    with pytest.raises(ProducerStalledError, match="producer buffer full for 1 s"):
+        producer.produce_many("headbits.test", [bytes(1000)] * 5000, ["k"] * 5000)
+    assert time.monotonic() - started < 10
+    with contextlib.suppress(DeliveryFailedError):
+        producer.flush(0.1)

@@ -163,6 +163,22 @@ def test_udp_and_non_ip_packets_are_counted(tmp_path: Path):
     assert read.skipped == {"not IP": 1, "not TCP or UDP": 1}
 
 
+def test_land_packet_is_counted_not_a_crash(tmp_path: Path):
+    """A LAND attack packet (source endpoint == destination endpoint) once made `read_capture`
+    raise from the reassembly's finish: it is now one skip reason, and the connections around
+    it are kept."""
+    land = ipv4("10.0.0.1", "10.0.0.1", dpkt.tcp.TCP(sport=80, dport=80, flags=TCP_SYN,
+                                                      data=b"land"))
+    normal = tcp_conversation(ipv4, V4_CLIENT, V4_SERVER, REQUEST, RESPONSE)
+    path = write_pcap(tmp_path / "land.pcap", LINKTYPE_ETHERNET,
+                      [ethernet(ip) for ip in [land, *normal, land]])
+    read = read_capture(path)
+    assert read.errors == []
+    assert read.skipped == {"LAND (source endpoint = destination endpoint)": 2}
+    (head,) = read.heads
+    assert (head.orig_head, head.resp_head) == (REQUEST, RESPONSE)
+
+
 def two_conversations(tmp_path: Path) -> tuple[Path, int]:
     """A capture of two connections, and the byte offset where the last record starts."""
     first = tcp_conversation(ipv4, V4_CLIENT, V4_SERVER, REQUEST, RESPONSE)

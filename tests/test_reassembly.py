@@ -12,6 +12,7 @@ import pytest
 
 from headbits.collector.pcap import read_capture
 from headbits.collector.reassembly import (
+    LAND_REASON,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
@@ -63,6 +64,17 @@ def heads_of(segments, n=64):
 def only_head(segments, n=64):
     (head,) = heads_of(segments, n)
     return head.validate(n)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_land_segment_is_refused_with_a_reason(transport: str):
+    """Source endpoint == destination endpoint: no responder exists to orient the connection."""
+    table = ConnectionTable(sensor="test")
+    land = Segment(1.0, transport, CLIENT[0], CLIENT[1], CLIENT[0], CLIENT[1], b"x", 1,
+                   TCP_SYN if transport == "tcp" else 0)
+    assert table.add(land) == LAND_REASON
+    assert table.add(udp(CLIENT, b"ok")) is None
+    assert [head.orig_head for head in table.finish()] == [b"ok"]
 
 
 def test_in_order_stream_is_cut_at_n_and_counts_all_bytes():

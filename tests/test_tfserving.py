@@ -33,7 +33,7 @@ from headbits.common.model_repository import config_text, model_server_config, w
 from headbits.devtools.tfserving_standin import StandinServer, standin_settings
 from headbits.scorer.backend import BackendUnavailable, disagreement
 from headbits.scorer.inprocess import SavedModelBackend
-from headbits.scorer.tfserving import TFServingBackend, tensor_array, tensor_proto
+from headbits.scorer.tfserving import TFServingBackend, TLSFiles, tensor_array, tensor_proto
 from headbits.trainer.rollout import ModelSettings, Repository
 from tests.serving_models import CLASSES, export_versions, labelled_heads, write_config
 
@@ -445,3 +445,94 @@ def test_serving_standin_verb_starts_serves_and_stops_on_sigterm(tmp_path, model
     )
     assert refused.returncode == 1
     assert "Request to assign label to version 1" in refused.stdout
+
+
+def test_a_batch_above_max_batch_size_is_scored_in_parts(serve, in_process, heads):
+    """TF Serving refuses a batch above its max_batch_size (INVALID_ARGUMENT, a ValueError from
+    the backend). The scorer once let that ValueError escape, exited without storing offsets and
+    crash-looped on the same batch; it now bisects and scores every row."""
+    from headbits.scorer.service import ScorerStage
+
+    server = serve(max_batch_size=64)
+    backend = TFServingBackend(server.target)
+    with pytest.raises(ValueError, match="Task size 300 is larger than maximum batch size 64"):
+        backend.score(heads)
+    transformed = ScorerStage(backend, "alerts", "scores").transform(feature_records_of(heads))
+    backend.close()
+    assert transformed.rejected == []
+    (scores,) = [o for o in transformed.outputs if o.topic == "scores"]
+    assert [s["uid"] for s in scores.records] == [f"U{row:04d}" for row in range(len(heads))]
+    local = in_process[1].score(heads).reconstruction_error
+    np.testing.assert_allclose([s["score"] for s in scores.records], local, rtol=1e-6)
+
+
+class PoisonRefusingBackend(TFServingBackend):
+    """The real gRPC backend, refusing (ValueError, as the contract allows) any batch holding a
+    head whose first byte is 0xEE: injected refusals of single rows."""
+
+    def score(self, batch):
+        if (batch.head_bytes[:, 0] == 0xEE).any():
+            raise ValueError("poison head")
+        return super().score(batch)
+
+
+def test_only_rows_refused_alone_are_dead_lettered_with_the_reason(serve, in_process, heads):
+    from headbits.scorer.service import ScorerStage
+
+    records = feature_records_of(heads)
+    poison = (17, 200, 201)
+    for row in poison:
+        records[row]["head_bytes"] = b"\xee" + records[row]["head_bytes"][1:]
+    backend = PoisonRefusingBackend(serve().target)
+    transformed = ScorerStage(backend, "alerts", "scores").transform(records)
+    backend.close()
+    assert transformed.rejected == [
+        (row, "the model refused this record: poison head") for row in poison]
+    (scores,) = [o for o in transformed.outputs if o.topic == "scores"]
+    kept = [row for row in range(len(heads)) if row not in poison]
+    assert [s["uid"] for s in scores.records] == [f"U{row:04d}" for row in kept]
+    local = in_process[1].score(heads).reconstruction_error[kept]
+    np.testing.assert_allclose([s["score"] for s in scores.records], local, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from headbits.devtools.certificates import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"), clients=("scorer",))
+
+
+def test_tls_to_serving_through_the_scorer_settings(serve, in_process, heads, pki):
+    from headbits.scorer.service import ScorerSettings, make_backend
+
+    server = serve(ssl_server_cert_file=pki.server.cert_file,
+                   ssl_server_key_file=pki.server.key_file)
+    backend = make_backend(ScorerSettings(
+        backend="tfserving", serving_target=server.target, serving_tls=True,
+        serving_ca_file=pki.ca_file))
+    assert_same_scores(backend.score(heads), in_process[1].score(heads))
+    backend.close()
+    plaintext = TFServingBackend(server.target, retries=0, deadline_seconds=2)
+    with pytest.raises(BackendUnavailable, match="UNAVAILABLE"):
+        plaintext.info()
+    plaintext.close()
+
+
+def test_mutual_tls_refuses_a_scorer_without_a_client_certificate(serve, in_process, heads, pki):
+    from headbits.scorer.service import ScorerSettings, make_backend
+
+    server = serve(ssl_server_cert_file=pki.server.cert_file,
+                   ssl_server_key_file=pki.server.key_file, ssl_custom_ca_file=pki.ca_file,
+                   ssl_client_verify=True)
+    settings = ScorerSettings(backend="tfserving", serving_target=server.target,
+                              serving_tls=True, serving_ca_file=pki.ca_file)
+    anonymous = TFServingBackend(server.target, retries=0, deadline_seconds=2,
+                                 tls=TLSFiles(ca_file=pki.ca_file))
+    with pytest.raises(BackendUnavailable, match="UNAVAILABLE"):
+        anonymous.info()
+    anonymous.close()
+    client = pki.clients["scorer"]
+    backend = make_backend(replace(settings, serving_cert_file=client.cert_file,
+                                   serving_key_file=client.key_file))
+    assert_same_scores(backend.score(heads), in_process[1].score(heads))
+    backend.close()

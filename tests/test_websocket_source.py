@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from headbits.collector.sources.base import Rejected
+from headbits.collector.sources.base import EndOfSource, Rejected
 from headbits.collector.sources.websocket import WebSocketSource
 from headbits.collector.zeek_event import encode_event
 from headbits.common.records import PayloadHead
@@ -181,3 +181,82 @@ def test_full_queue_stops_reading_the_socket(serve) -> None:
         assert read_until(source, 5000)[:5000] == heads[:5000]
     finally:
         source.close()
+
+
+def test_an_unexpected_error_in_the_reader_is_logged_and_reconnects(serve, caplog,
+                                                                    monkeypatch) -> None:
+    """The reader thread once died silently on an exception it did not expect, and `read`
+    returned [] for ever. An injected decoder bug must now be logged with its traceback and the
+    source must reconnect and go on delivering."""
+    from headbits.collector.sources import websocket
+
+    real_decode = websocket.decode_event
+    calls = {"count": 0}
+
+    def decode_with_one_bug(message, sensor):
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise RuntimeError("injected decoder bug")
+        return real_decode(message, sensor)
+
+    monkeypatch.setattr(websocket, "decode_event", decode_with_one_bug)
+    heads = make_heads(2000)
+    server = serve(data_messages(heads, TOPIC))
+    source = WebSocketSource(server.url, "zeek-1", reconnect_initial=0.05)
+    try:
+        items = read_until(source, 100, timeout=20)
+    finally:
+        source.close()
+    assert "unexpected error; reconnecting" in caplog.text
+    assert "injected decoder bug" in caplog.text  # the traceback is in the log
+    assert source.counts["connections"] >= 2
+    assert items and set(items) <= set(heads)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_read_ends_the_source_once_the_reader_thread_is_gone(serve, monkeypatch) -> None:
+    """Even what no handler may catch (SystemExit in the thread) ends in EndOfSource."""
+    from headbits.collector.sources import websocket
+
+    def exits(message, sensor):
+        raise SystemExit("injected")
+
+    monkeypatch.setattr(websocket, "decode_event", exits)
+    source = WebSocketSource(serve(data_messages(make_heads(10), TOPIC)).url, "zeek-1")
+    try:
+        with pytest.raises(EndOfSource):
+            for _ in range(100):
+                source.read(10, 0.1)
+    finally:
+        source.close()
+
+
+def test_wss_with_a_custom_ca_through_the_collector_settings(tmp_path, caplog) -> None:
+    """`wss://` to a sensor whose certificate a private CA signed: trusted through
+    `tls_ca_file`, refused (certificate verify failed, logged) without it."""
+    import ssl
+
+    from headbits.collector.service import CollectorSettings, make_source
+    from headbits.devtools.certificates import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server.cert_file, pki.server.key_file)
+    heads = make_heads(50)
+    server = RunningServer(WebSocketReplayServer(data_messages(heads, TOPIC)), ssl=context)
+    try:
+        assert server.url.startswith("wss://")
+        untrusted = make_source(CollectorSettings(websocket_url=server.url, sensor="zeek-1"))
+        try:
+            assert read_until(untrusted, 1, timeout=3) == []
+        finally:
+            untrusted.close()
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+        trusted = make_source(CollectorSettings(websocket_url=server.url, sensor="zeek-1",
+                                                tls_ca_file=str(pki.ca_file)))
+        try:
+            assert read_until(trusted, len(heads)) == heads
+        finally:
+            trusted.close()
+    finally:
+        server.stop()

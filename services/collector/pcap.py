@@ -103,10 +103,9 @@ def read_capture(path: Path, n: int = MAX_HEAD_BYTES, sensor: str | None = None)
             for linktype, ts, frame in _records(stream):
                 result.packets += 1
                 decoded = _decode(linktype, ts, frame)
-                if isinstance(decoded, str):
-                    skipped[decoded] += 1
-                else:
-                    table.add(decoded)
+                refused = decoded if isinstance(decoded, str) else table.add(decoded)
+                if refused is not None:
+                    skipped[refused] += 1
     except CaptureFormatError as error:
         result.errors.append(f"{path}: {error} (after {result.packets} packets)")
     except OSError as error:
@@ -247,6 +246,12 @@ def _pcapng_packet(
     block_type: int, body: bytes, endian: str, *, interfaces: list[_Interface], offset: int,
     number: int,
 ) -> tuple[int, float, bytes]:
+    minimum = 8 if block_type == _PCAPNG_SPB else 24  # fixed fields + trailing block length
+    if len(body) < minimum:
+        raise CaptureFormatError(
+            f"corrupt packet block at byte offset {offset} (packet {number}): "
+            f"{len(body) + 8} bytes, too short for its fixed fields"
+        )
     if block_type == _PCAPNG_SPB:
         interface_id, ts_high, ts_low = 0, 0, 0
         (original_len,) = struct.unpack_from(endian + "I", body, 0)

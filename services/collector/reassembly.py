@@ -16,6 +16,8 @@ This mirrors what the Zeek script collects, from decoded packets instead of Zeek
   1 min), starts a new connection on the same 5-tuple.
 * Only connections that carry payload in at least one direction become heads, as in the labelled
   dataset; the others are counted.
+* A segment whose source endpoint is its destination (a LAND attack packet) has no responder to
+  tell apart from the originator: it is refused with a reason, never made into a connection.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _SEQ_HALF = 1 << 31
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _UID_CHARS = 17
 _SWEEP_EVERY = 1 << 16
+LAND_REASON = "LAND (source endpoint = destination endpoint)"
 
 
 @dataclass(slots=True)
@@ -268,8 +271,12 @@ class ConnectionTable:
         self._ended: list[_Connection] = []
         self._created = 0
 
-    def add(self, segment: Segment) -> None:
+    def add(self, segment: Segment) -> str | None:
+        """Place one segment; returns None, or why it can belong to no connection (the name of
+        a skip counter, e.g. `LAND_REASON`)."""
         src, dst = (segment.src, segment.sport), (segment.dst, segment.dport)
+        if src == dst:
+            return LAND_REASON
         pair = (src, dst) if src <= dst else (dst, src)
         key = (segment.transport, segment.context, pair)
         connection = self._open.get(key)
@@ -285,8 +292,9 @@ class ConnectionTable:
         connection.last_ts = segment.ts
         if segment.transport == "udp":
             connection.directions[src].add(segment.payload, segment.payload_len)
-            return
-        self._add_tcp(connection, src, dst, segment)
+        else:
+            self._add_tcp(connection, src, dst, segment)
+        return None
 
     def _add_tcp(
         self, connection: _Connection, src: tuple, dst: tuple, segment: Segment

@@ -5,7 +5,8 @@ Sources, one file each behind the Source seam: Zeek's WebSocket API (`--source w
 (`--source broker --broker-address sensor:9999`), pcap replay (`--source replay --captures
 a.pcap,b.pcapng`) and Avro heads files (`--source heads-file`), the last two as fast as possible
 or at `--replay-rate` connections per second. One collector serves one sensor. Heads are
-produced keyed by uid (idempotent, compressed, batched);
+produced keyed by uid (idempotent, compressed, batched), and deliveries are checked after every
+batch: a failed one ends the collector with exit 1 and the reason;
 events a source could not parse, and heads that break the contract, go to
 headbits.deadletter.v1 with their origin and reason. Progress is logged every few seconds. A
 finite source ends the service (exit 0) once every head is acknowledged; SIGTERM flushes first.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from headbits.collector.sources.base import EndOfSource, Rejected, Source
 from headbits.collector.zeek_event import DEFAULT_TOPIC
-from headbits.common.kafka import HeadsTopic
+from headbits.common.kafka import DeliveryFailedError, HeadsTopic
 from headbits.common.logs import fields
 from headbits.common.records import InvalidRecord, PayloadHead
 from headbits.common.service import DeadLetter, Runtime, ServiceSettings
@@ -123,10 +124,15 @@ def split_items(items: list) -> tuple[list[PayloadHead], list[DeadLetter]]:
 
 
 def collect(runtime: Runtime, source: Source) -> int:
-    """Move heads from `source` to Kafka until it ends or SIGTERM; returns heads produced."""
+    """Move heads from `source` to Kafka until it ends or SIGTERM; returns heads acknowledged.
+
+    Deliveries are settled after every batch: a failed one raises DeliveryFailedError at once
+    (the collector exits non-zero rather than run on while losing heads), and the produced-records
+    metric counts what Kafka acknowledged, by topic, whenever nothing is in flight.
+    """
     settings = runtime.settings
     topic = settings.heads_topic
-    produced = rejected = 0
+    produced = rejected = acknowledged = 0
     started = last_report = time.monotonic()
     while not runtime.stop.stopping:
         runtime.health.beat()
@@ -137,8 +143,8 @@ def collect(runtime: Runtime, source: Source) -> int:
         heads, letters = split_items(items)
         runtime.produce(topic, "payload_head", [h.to_dict() for h in heads], [h.uid for h in heads])
         runtime.dead_letter(letters)
+        acknowledged += _count_acknowledged(runtime, runtime.producer.settle())
         runtime.metrics.consumed.inc(len(items))
-        runtime.metrics.count_produced(topic, len(heads))
         if items:
             runtime.metrics.batch_size.observe(len(items))
         produced += len(heads)
@@ -147,15 +153,23 @@ def collect(runtime: Runtime, source: Source) -> int:
         if now - last_report >= PROGRESS_SECONDS:
             last_report = now
             runtime.log.info("progress", extra=fields(
-                heads=produced, rejected=rejected, rate=round(produced / (now - started), 1),
+                heads=produced, acknowledged=acknowledged, rejected=rejected,
+                rate=round(produced / (now - started), 1),
             ))
-    runtime.producer.flush()
+    acknowledged += _count_acknowledged(runtime, runtime.producer.flush())
     elapsed = time.monotonic() - started
     runtime.log.info("source done" if not runtime.stop.stopping else "stopped", extra=fields(
-        heads=produced, rejected=rejected, seconds=round(elapsed, 3),
-        rate=round(produced / max(elapsed, 1e-9), 1),
+        heads=produced, acknowledged=acknowledged, rejected=rejected,
+        seconds=round(elapsed, 3), rate=round(produced / max(elapsed, 1e-9), 1),
     ))
-    return produced
+    return acknowledged
+
+
+def _count_acknowledged(runtime: Runtime, settled: dict[str, int] | None) -> int:
+    """Add settled acknowledgements to the metric; returns the heads topic's share."""
+    for name, count in (settled or {}).items():
+        runtime.metrics.count_produced(name, count)
+    return (settled or {}).get(runtime.settings.heads_topic, 0)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -168,9 +182,15 @@ def run(args: argparse.Namespace) -> int:
     runtime = Runtime("collector", settings)
     runtime.stop.install()
     runtime.ensure_topics([settings.heads_topic, settings.deadletter_topic])
+    failed = True
     try:
         collect(runtime, source)
+        failed = False
+    except DeliveryFailedError as error:
+        runtime.log.error("Kafka did not acknowledge heads; exiting so that the loss is seen",
+                          extra=fields(error=str(error)))
+        return 1
     finally:
         source.close()
-        runtime.close()
+        runtime.close(flush=not failed)  # after a failure, what is still queued is lost anyway
     return 0

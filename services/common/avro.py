@@ -85,7 +85,7 @@ def open_registry(settings: KafkaConnection) -> SchemaRegistryClient | None:
         return None
     config = {"url": settings.schema_registry_url}
     if settings.schema_registry_auth:
-        config["basic.auth.user.info"] = settings.schema_registry_auth
+        config["basic.auth.user.info"] = settings.schema_registry_auth.reveal()
     return SchemaRegistryClient(config)
 
 

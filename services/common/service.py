@@ -180,9 +180,12 @@ class Runtime:
                 source=letters[0].kafka_key() if letters[0].source_topic else letters[0].origin,
             ))
 
-    def close(self) -> None:
+    def close(self, flush: bool = True) -> None:
+        """Stop health and metrics; first wait for every acknowledgement unless `flush` is off
+        (the caller already reported a delivery failure)."""
         self.health.stop()
-        self.producer.flush()
+        if flush:
+            self.producer.flush()
         if self.http is not None:
             self.http.shutdown()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hmac
 import os
 import types
 import typing
@@ -23,6 +24,39 @@ ENV_PREFIX = "HEADBITS_"
 CONFIG_ENV = "HEADBITS_CONFIG"
 
 SettingsT = TypeVar("SettingsT")
+
+
+class Secret:
+    """A setting that must never be shown (a password): its repr, str and format are `***`,
+    so a settings object can be logged or appear in an error message whole. `reveal()` hands the
+    value to the one client that needs it; nothing else should call it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(
+            self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(Secret)
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a Secret is not pickled")
 
 
 class SettingsError(ValueError):
@@ -54,7 +88,12 @@ def _convert(raw: Any, kind: Any, where: str) -> Any:
         return _convert(raw, options[0], where)
     if origin is tuple:
         item_kind = typing.get_args(kind)[0]
-        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        if raw is None:
+            return ()
+        if isinstance(raw, str):
+            items = raw.split(",")
+        else:
+            items = list(raw) if isinstance(raw, list | tuple) else [raw]
         return tuple(_convert(item.strip() if isinstance(item, str) else item, item_kind, where)
                      for item in items if item != "")
     try:
@@ -69,9 +108,13 @@ def _convert(raw: Any, kind: Any, where: str) -> Any:
             raise ValueError(f"{raw!r} is not a boolean (use true or false)")
         if kind is Path:
             return Path(raw)
+        if kind is Secret:
+            return raw if isinstance(raw, Secret) else Secret(str(raw))
+        if isinstance(raw, dict | list | tuple):
+            raise ValueError(f"expected one value, got a {type(raw).__name__}")
         if kind in (int, float, str):
             return kind(raw)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise SettingsError(f"{where}: {error}") from error
     raise SettingsError(f"{where}: unsupported settings type {kind!r}")
 
@@ -93,11 +136,11 @@ def load_settings(
         path = Path(config_file)
         try:
             document = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise SettingsError(f"config file {path}: {error}") from error
         if not isinstance(document, dict):
             raise SettingsError(f"config file {path}: expected a mapping of setting names")
-        unknown = sorted(set(document) - names)
+        unknown = sorted(str(name) for name in set(document) - names)  # keys may be any YAML
         if unknown:
             raise SettingsError(f"config file {path}: unknown settings {unknown}")
         for name, raw in document.items():
@@ -135,6 +178,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def _metavar(kind: Any) -> str:
+    if kind is Secret or Secret in typing.get_args(kind):
+        return "SECRET"
     if kind is bool:
         return "BOOL"
     if kind in (int, float):

@@ -20,6 +20,10 @@ parallelism flags at once, labels on versions not loaded yet without the labels 
 (`/v1/models/<name>[/versions/<n>|/labels/<label>][/metadata]`, TF Serving's HTTP codes) and,
 when the monitoring config enables it, Prometheus metrics of its own requests.
 
+TLS follows TF Serving's `--ssl_config_file` (SSLConfig: server_key, server_cert, custom_ca,
+client_verify), given here as files; `max_batch_size` refuses a larger request as TF Serving's
+batching does (INVALID_ARGUMENT), without merging requests.
+
 Known differences: no request batching (the batching file is parsed and checked, then unused),
 no REST predict, no warm-up, and versions load synchronously during a config reload (TF Serving
 loads them in the background and reports LOADING meanwhile, which is why `headbits model
@@ -82,6 +86,16 @@ class StandinSettings:
     allow_version_labels_for_unavailable_models: bool = setting(
         False, "as TF Serving's flag: new labels may name versions that are not loaded yet"
     )
+    max_batch_size: int = setting(
+        0, "refuse a Predict of more rows, as TF Serving's batching does (0: no limit)")
+    ssl_server_cert_file: Path | None = setting(
+        None, "TLS: server certificate chain (PEM), SSLConfig.server_cert")
+    ssl_server_key_file: Path | None = setting(
+        None, "TLS: server private key, SSLConfig.server_key")
+    ssl_custom_ca_file: Path | None = setting(
+        None, "TLS: CA of client certificates, SSLConfig.custom_ca")
+    ssl_client_verify: bool = setting(
+        False, "TLS: require a client certificate signed by the custom CA (mutual TLS)")
     max_workers: int = setting(8, "gRPC worker threads")
     max_message_bytes: int = setting(256 << 20, "largest request or response in bytes")
 
@@ -247,9 +261,12 @@ class ServingCore:
     config, then the label map against the versions available *now*, then loads and unloads.
     """
 
-    def __init__(self, allow_version_labels_for_unavailable_models: bool = False) -> None:
+    def __init__(
+        self, allow_version_labels_for_unavailable_models: bool = False, max_batch_size: int = 0
+    ) -> None:
         from tensorflow_serving.apis import get_model_status_pb2
 
+        self.max_batch_size = max_batch_size
         self._state = get_model_status_pb2.ModelVersionStatus
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._lock = threading.RLock()
@@ -505,6 +522,12 @@ def predict(core: ServingCore, request):
     if len(set(outputs)) != len(outputs):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "duplicate output tensor alias")
     tensors = _check_inputs(signature_def, function, request.inputs)
+    rows = max((len(array) for array in tensors.values() if array.ndim), default=0)
+    if core.max_batch_size and rows > core.max_batch_size:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Task size {rows} is larger than maximum batch size {core.max_batch_size}",
+        )
     try:
         results = function(**tensors)
     except Exception as error:  # the graph refused the values: TF Serving passes it on
@@ -697,12 +720,30 @@ def rest_server(core: ServingCore, counts: RequestCounts, monitoring, host: str,
     return ThreadingHTTPServer((host, port), Handler)
 
 
+def server_credentials(settings: StandinSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials as TF Serving builds them from its SSLConfig, or None (plaintext)."""
+    if settings.ssl_server_cert_file is None:
+        return None
+    if settings.ssl_server_key_file is None:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "ssl_server_cert_file needs ssl_server_key_file")
+    custom_ca = (settings.ssl_custom_ca_file.read_bytes()
+                 if settings.ssl_custom_ca_file is not None else None)
+    if settings.ssl_client_verify and custom_ca is None:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "ssl_client_verify needs ssl_custom_ca_file")
+    pair = (settings.ssl_server_key_file.read_bytes(), settings.ssl_server_cert_file.read_bytes())
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=custom_ca, require_client_auth=settings.ssl_client_verify)
+
+
 class StandinServer:
     """A running stand-in: the gRPC server plus the threads that poll files and the config."""
 
     def __init__(self, settings: StandinSettings) -> None:
         self.settings = settings
-        self.core = ServingCore(settings.allow_version_labels_for_unavailable_models)
+        self.core = ServingCore(settings.allow_version_labels_for_unavailable_models,
+                                settings.max_batch_size)
         self._config_text = settings.model_config_file.read_text()
         config = read_model_server_config(settings.model_config_file)
         # server.cc's order: the start-up files and flags, then ServerCore::Create (labels).
@@ -726,7 +767,10 @@ class StandinServer:
         )
         for add, servicer in _servicers(self.core, self.counts):
             add(servicer, self._server)
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        credentials = server_credentials(settings)
+        self.port = (self._server.add_insecure_port(address) if credentials is None
+                     else self._server.add_secure_port(address, credentials))
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
         self._stopping = threading.Event()

@@ -6,9 +6,9 @@ threshold, or predicted protocol != expected protocol) to headbits.alerts.v1, ke
 --write-scores, every score to headbits.scores.v1 as well. With --shadow-label canary (TF Serving
 backend) the canary version scores the same rows: its scores go to the scores topic beside the
 primary's, never to the alerts, and Prometheus counts where the two disagree. Records that cannot
-be scored (wrong N, undecodable) go to headbits.deadletter.v1. Offsets are stored only after the
-outputs are acknowledged; while the backend is unavailable the same batch is retried and nothing
-is stored.
+be scored (wrong N, undecodable, refused by the model on their own: see `score_bisecting`) go to
+headbits.deadletter.v1. Offsets are stored only after the outputs are acknowledged; while the
+backend is unavailable the same batch is retried and nothing is stored.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from headbits.common.settings import (
     setting,
     settings_from_args,
 )
+from headbits.featurizer.bits import HeadBatch
 from headbits.scorer.alert_rules import (
     DEFAULT_RULE,
     AlertRule,
@@ -72,6 +73,16 @@ class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, D
         "127.0.0.1:8500", "tfserving: gRPC target (host:port, or dns:///host:port to spread over "
         "every address a headless Service resolves to)")
     serving_model_name: str = setting(MODEL_NAME, "tfserving: the model's name in TF Serving")
+    serving_deadline_seconds: float = setting(
+        10.0, "tfserving: deadline of one Predict; past it the call is retried, then the batch")
+    serving_tls: bool = setting(False, "tfserving: TLS to TF Serving (its --ssl_config_file)")
+    serving_ca_file: Path | None = setting(
+        None, "tfserving TLS: CA that signed the server's certificate (unset: system roots)")
+    serving_cert_file: Path | None = setting(
+        None, "tfserving TLS: client certificate, for mutual TLS (client_verify)")
+    serving_key_file: Path | None = setting(None, "tfserving TLS: the client certificate's key")
+    serving_server_name: str | None = setting(
+        None, "tfserving TLS: name to verify in the server's certificate (unset: the host)")
     version_label: str = setting("stable", "tfserving: the version label to score with")
     shadow_label: str | None = setting(
         None, "tfserving: also score with this label (e.g. canary); its scores go to the scores "
@@ -128,30 +139,40 @@ class ScorerStage(Stage):
 
     def transform(self, records: list[dict]) -> Transformed:
         model_n = self._backend.info().n
-        rejected, scorable = [], []
+        rejected, scorable, positions = [], [], []
         for index in last_per_uid(records):
             problem = check_features(records[index], model_n)
             if problem is None:
                 scorable.append(records[index])
+                positions.append(index)
             else:
                 rejected.append((index, problem))
         if not scorable:
             return Transformed([], rejected)
         batch = head_batch(scorable, model_n)
-        scores = self._backend.score(batch)
-        verdicts = Verdicts.of(scorable, scores, self._rule)
-        alerts = alert_records(scorable, batch, scores, verdicts)
+        parts, refused = score_bisecting(self._backend, batch)
+        rejected += [(positions[row], f"the model refused this record: {reason}")
+                     for row, reason in refused]
+        alerts: list[dict] = []
+        everything: list[dict] = []
+        drifts: list[dict] = []
+        for rows, scores in parts:
+            part_records = scorable[rows]
+            part_batch = batch.select(rows)
+            verdicts = Verdicts.of(part_records, scores, self._rule)
+            alerts += alert_records(part_records, part_batch, scores, verdicts)
+            if self._scores_topic:
+                everything += score_dicts(part_records, scores, verdicts)
+                if self._shadow is not None:
+                    everything += self._shadow_scores(part_records, scores)
+            if self._drift is not None:
+                drifts += self._drift.observe(part_records, scores, verdicts)
         outputs = [Output(self._alerts_topic, alerts, [a["uid"] for a in alerts])]
         if self._scores_topic:
-            everything = score_dicts(scorable, scores, verdicts)
-            if self._shadow is not None:
-                everything += self._shadow_scores(scorable, scores)
             outputs.append(Output(self._scores_topic, everything, [s["uid"] for s in everything]))
-        if self._drift is not None:
-            drifts = self._drift.observe(scorable, scores, verdicts)
-            if drifts:
-                keys = [f"{d['kind']}/{d['key']}" for d in drifts]
-                outputs.append(Output(self._drift.topic, drifts, keys))
+        if drifts:
+            keys = [f"{d['kind']}/{d['key']}" for d in drifts]
+            outputs.append(Output(self._drift.topic, drifts, keys))
         return Transformed(outputs, rejected)
 
     def _shadow_scores(self, records: list[dict], primary: Scores) -> list[dict]:
@@ -167,6 +188,37 @@ class ScorerStage(Stage):
         if self.shadow_metrics is not None:
             self.shadow_metrics.observe(disagreement(primary, shadow))
         return score_dicts(records, shadow, Verdicts.of(records, shadow, self._rule))
+
+
+def score_bisecting(
+    backend: ScoringBackend, batch: HeadBatch
+) -> tuple[list[tuple[slice, Scores]], list[tuple[int, str]]]:
+    """Scores of every part of `batch` the backend accepts, and (row, reason) for each row it
+    refuses on its own.
+
+    A `ValueError` from a backend means "this input can never be scored" (TF Serving answers a
+    batch above its `max_batch_size` that way, and a poison row too). Retrying the same batch
+    would crash-loop the scorer on it, and dead-lettering the whole batch would throw good rows
+    away, so a refused batch is halved until its parts are accepted: a too-large batch is scored
+    in parts, and only rows refused alone are rejected. Parts come back in row order; the cost is
+    at most 2 x rows calls, paid only when the backend refuses. `BackendUnavailable` passes
+    through (the caller retries the whole batch).
+    """
+    parts: list[tuple[slice, Scores]] = []
+    refused: list[tuple[int, str]] = []
+    pending = [(0, len(batch))]
+    while pending:
+        start, stop = pending.pop()
+        rows = slice(start, stop)
+        try:
+            parts.append((rows, backend.score(batch.select(rows))))
+        except ValueError as error:
+            if stop - start == 1:
+                refused.append((start, str(error)))
+            else:
+                middle = (start + stop) // 2
+                pending += [(middle, stop), (start, middle)]
+    return parts, refused
 
 
 class ShadowMetrics:
@@ -265,10 +317,18 @@ def make_backend(settings: ScorerSettings) -> ScoringBackend:
 
         return SavedModelBackend(resolve_version_dir(settings.model_dir))
     if settings.backend == "tfserving":
-        from headbits.scorer.tfserving import TFServingBackend
+        from headbits.scorer.tfserving import TFServingBackend, TLSFiles
 
+        tls = None
+        if settings.serving_tls:
+            tls = TLSFiles(settings.serving_ca_file, settings.serving_cert_file,
+                           settings.serving_key_file, settings.serving_server_name)
+        elif settings.serving_cert_file or settings.serving_ca_file:
+            raise SettingsError("--serving-ca-file/--serving-cert-file need --serving-tls true "
+                                "(HEADBITS_SERVING_TLS)")
         return TFServingBackend(settings.serving_target, settings.serving_model_name,
-                                version_label=settings.version_label)
+                                version_label=settings.version_label,
+                                deadline_seconds=settings.serving_deadline_seconds, tls=tls)
     raise SettingsError(f"backend {settings.backend!r} is not inprocess or tfserving")
 
 

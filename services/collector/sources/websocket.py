@@ -95,7 +95,7 @@ class WebSocketSource(Source):
 
     def read(self, max_items: int, timeout: float) -> list[SourceItem]:
         items = self._handoff.take(max_items, timeout)
-        if not items and self._stop.is_set():
+        if not items and (self._stop.is_set() or not self._thread.is_alive()):
             raise EndOfSource(f"WebSocket source {self.url} is closed")
         return items
 
@@ -121,6 +121,11 @@ class WebSocketSource(Source):
                 if self._stop.is_set():
                     break
                 LOG.warning("WebSocket %s: %s; reconnecting in %.1f s", self.url, error, delay)
+            except Exception:  # a bug must not end the thread silently: log it, reconnect
+                if self._stop.is_set():
+                    break
+                LOG.exception("WebSocket %s: unexpected error; reconnecting in %.1f s", self.url,
+                              delay)
             finally:
                 self._socket = None
             if self._stop.wait(delay):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from headbits.common.settings import setting
+from headbits.common.settings import Secret, setting
 
 DAY_MS = 24 * 3600 * 1000
 TOPIC_KINDS = ("heads", "features", "alerts", "scores", "deadletter", "drift")
@@ -25,14 +25,16 @@ class KafkaConnection:
     )
     sasl_mechanism: str | None = setting(None, "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER")
     sasl_username: str | None = setting(None, "SASL user name")
-    sasl_password: str | None = setting(None, "SASL password (prefer the env var to a file)")
+    sasl_password: Secret | None = setting(
+        None, "SASL password: never logged or shown (prefer the env var to a file or an option)")
     ssl_ca_location: str | None = setting(None, "CA certificate file that signed the brokers'")
     ssl_certificate_location: str | None = setting(None, "client certificate file (mutual TLS)")
     ssl_key_location: str | None = setting(None, "client private key file (mutual TLS)")
     schema_registry_url: str | None = setting(
         None, "Confluent-compatible schema registry; unset: schemaless Avro + fingerprint header"
     )
-    schema_registry_auth: str | None = setting(None, "registry basic auth as user:password")
+    schema_registry_auth: Secret | None = setting(
+        None, "registry basic auth as user:password: never logged or shown")
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def connection_config(settings: KafkaConnection) -> dict[str, str]:
     optional = {
         "sasl.mechanism": settings.sasl_mechanism,
         "sasl.username": settings.sasl_username,
-        "sasl.password": settings.sasl_password,
+        "sasl.password": settings.sasl_password.reveal() if settings.sasl_password else None,
         "ssl.ca.location": settings.ssl_ca_location,
         "ssl.certificate.location": settings.ssl_certificate_location,
         "ssl.key.location": settings.ssl_key_location,
