@@ -96,6 +96,15 @@ class Health:
         return not self._stopping and time.monotonic() - self._last < self._stale_after
 
 
+def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, kind: str) -> None:
+    """One whole HTTP response (status, type, length, body) from a request handler."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", kind)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def serve(
     metrics: ServiceMetrics,
     health: Health,
@@ -127,11 +136,7 @@ def serve(
             else:
                 body, status, kind = (b"not found: try /metrics, /healthz or /readyz\n", 404,
                                       "text/plain")
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply(self, status, body, kind)
 
         def log_message(self, *args: object) -> None:
             """Requests are not logged: Prometheus scrapes every few seconds."""

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -80,3 +81,23 @@ def terminate(pid: int, timeout: float) -> None:
     if is_alive(pid):
         os.kill(pid, signal.SIGKILL)
         reap(pid, block=True)
+
+
+@dataclass
+class JavaServer:
+    """A running development Java server (the Kafka broker, the schema registry): its process
+    and the files it was started with."""
+
+    pid: int
+    run_dir: Path
+    version: str
+
+    def is_alive(self) -> bool:
+        return is_alive(self.pid)
+
+    def stop(self, timeout: float = 30.0, remove: bool = True) -> None:
+        """SIGTERM (the server's clean shutdown), SIGKILL after `timeout`, then remove its
+        files."""
+        terminate(self.pid, timeout)
+        if remove:
+            shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -29,7 +29,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from headbits.devtools.jvm import DevToolError, find_java, free_port, is_alive, maven, terminate
+from headbits.devtools.jvm import (
+    DevToolError,
+    JavaServer,
+    find_java,
+    free_port,
+    maven,
+)
 
 KAFKA_VERSION = "4.4.0"
 SCALA_VERSION = "2.13"
@@ -151,22 +157,10 @@ def _server_properties(run_dir: Path, port: int, controller_port: int, partition
 
 
 @dataclass
-class DevKafka:
+class DevKafka(JavaServer):
     """One running development broker: where it listens, its process and its files."""
 
     bootstrap_servers: str
-    pid: int
-    run_dir: Path
-    version: str
-
-    def is_alive(self) -> bool:
-        return is_alive(self.pid)
-
-    def stop(self, timeout: float = 30.0, remove: bool = True) -> None:
-        """SIGTERM (Kafka's clean shutdown), SIGKILL after `timeout`, then remove its files."""
-        terminate(self.pid, timeout)
-        if remove:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -177,8 +171,8 @@ class DevKafka:
     @classmethod
     def from_json(cls, text: str) -> DevKafka:
         state = json.loads(text)
-        return cls(state["bootstrap_servers"], state["pid"], Path(state["run_dir"]),
-                   state["version"])
+        return cls(bootstrap_servers=state["bootstrap_servers"], pid=state["pid"],
+                   run_dir=Path(state["run_dir"]), version=state["version"])
 
 
 def start(
@@ -215,7 +209,8 @@ def start(
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    broker = DevKafka(f"127.0.0.1:{port}", process.pid, run_dir, version)
+    broker = DevKafka(bootstrap_servers=f"127.0.0.1:{port}", pid=process.pid, run_dir=run_dir,
+                      version=version)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

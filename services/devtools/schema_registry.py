@@ -39,7 +39,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from headbits.devtools.jvm import DevToolError, find_java, free_port, is_alive, maven, terminate
+from headbits.devtools.jvm import (
+    DevToolError,
+    JavaServer,
+    find_java,
+    free_port,
+    maven,
+)
 
 APICURIO_VERSION = "2.4.2.Final"
 QUARKUS_VERSION = "2.16.4.Final"  # what Apicurio's parent pom of that release builds with
@@ -169,22 +175,10 @@ def build_app(quiet: bool = True) -> Path:
 
 
 @dataclass
-class DevSchemaRegistry:
+class DevSchemaRegistry(JavaServer):
     """One running development registry: its Confluent-compatible URL, process and files."""
 
     url: str
-    pid: int
-    run_dir: Path
-    version: str
-
-    def is_alive(self) -> bool:
-        return is_alive(self.pid)
-
-    def stop(self, timeout: float = 30.0, remove: bool = True) -> None:
-        """SIGTERM (Quarkus's clean shutdown), SIGKILL after `timeout`, then remove its files."""
-        terminate(self.pid, timeout)
-        if remove:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def answers(url: str, timeout: float = 2.0) -> bool:
@@ -216,8 +210,8 @@ def start(run_dir: Path | None = None, timeout: float = 120.0) -> DevSchemaRegis
             command, cwd=run_dir, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
-    registry = DevSchemaRegistry(f"http://127.0.0.1:{port}{API_PATH}", process.pid, run_dir,
-                                 APICURIO_VERSION)
+    registry = DevSchemaRegistry(url=f"http://127.0.0.1:{port}{API_PATH}", pid=process.pid,
+                                 run_dir=run_dir, version=APICURIO_VERSION)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -50,6 +50,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from google.protobuf import wrappers_pb2 as _wrappers
 
 from headbits.common import model_repository
+from headbits.common.metrics import reply
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 
 log = logging.getLogger("headbits.serving_standin")
@@ -708,11 +709,7 @@ def rest_server(core: ServingCore, counts: RequestCounts, monitoring, host: str,
             self._reply(status, json.dumps(body, indent=1).encode(), "application/json")
 
         def _reply(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply(self, status, body, kind)
 
         def log_message(self, *args: object) -> None:
             """Probes call every few seconds: not logged."""
