@@ -309,7 +309,7 @@ class ServingCore:
         label_map: dict[str, dict[str, int]] = {}
         for model in models:
             states = self._states.get(model.name, {})
-            for label, version in model.version_labels.items():
+            for label, version in sorted(model.version_labels.items()):
                 existing = self._labels.get(model.name, {}).get(label)
                 allow = self._allow_unavailable_labels and existing in (None, version)
                 available = states.get(version, (None, ""))[0] == self._state.AVAILABLE

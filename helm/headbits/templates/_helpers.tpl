@@ -195,7 +195,8 @@ settings class has exactly these topic settings (services/<stage>/service.py).
   "collector" (dict "topics" (list "heads" "deadletter") "createsTopics" true)
   "featurizer" (dict "topics" (list "heads" "features" "deadletter") "createsTopics" true)
   "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter" "drift") "createsTopics" true)
-  "trainer" (dict "topics" (list "features" "drift") "createsTopics" false) }}
+  "trainer" (dict "topics" (list "features" "drift") "createsTopics" false)
+  "rollout" (dict "topics" (list "scores") "createsTopics" false) }}
 {{- toYaml (index $uses .) }}
 {{- end }}
 
