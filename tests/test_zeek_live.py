@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from headbits.collector.sources.websocket import WebSocketSource
 from headbits.common.pipeline import ServiceProcess, Topics, read_topic
 from tests.zeek_support import (
     Control,
@@ -22,9 +24,9 @@ from tests.zeek_support import (
     free_port,
     held_zeek,
     require_zeek,
+    wait_subscribed,
+    write_udp_capture,
 )
-
-pytestmark = [pytest.mark.kafka, pytest.mark.shared_data]
 
 CAPTURES = ("zeek-traces/wikipedia.pcap",)
 
@@ -46,6 +48,8 @@ def wait_for_log(service: ServiceProcess, text: str, timeout: float = 60) -> Non
     raise AssertionError(f"no {text!r} in the {service.verb} log:\n{service.log_tail()}")
 
 
+@pytest.mark.kafka
+@pytest.mark.shared_data
 @pytest.mark.parametrize("source", ["websocket", "broker"])
 @pytest.mark.parametrize("capture", CAPTURES)
 def test_real_zeek_heads_reach_kafka(kafka_bootstrap, shared_pcaps: Path, tmp_path: Path,
@@ -94,3 +98,38 @@ def test_real_zeek_heads_reach_kafka(kafka_bootstrap, shared_pcaps: Path, tmp_pa
     dead = read_topic(topics.settings, topics["deadletter"], "deadletter", lambda got: False,
                       timeout=2)
     assert dead == []
+
+
+def test_slow_subscriber_disconnect_is_told(tmp_path: Path) -> None:
+    """Zeek 8.0 does not wait for a WebSocket subscriber that stops reading: past its buffer
+    it drops the connection, and what it had queued is lost. The source, whose queue is full so
+    it stops reading, must say so once it reads again (count, close code, metric)."""
+    zeek = require_zeek()
+    path = tmp_path / "burst.pcap"
+    write_udp_capture(path, 20_000)
+    registry = CollectorRegistry()
+    port = free_port()
+    with held_zeek(zeek, path, tmp_path, port=port):
+        source = WebSocketSource(f"ws://127.0.0.1:{port}/v1/messages/json", "zeek-test",
+                                 capacity=1, registry=registry, reconnect_initial=0.1)
+        try:
+            control = Control(port)
+            wait_subscribed(source)
+            control.go()
+            control.wait_file_done()
+            time.sleep(10)
+            items = []
+            last = time.monotonic()
+            while time.monotonic() - last < 3:
+                batch = source.read(5000, 0.2)
+                if batch:
+                    items += batch
+                    last = time.monotonic()
+            control.close()
+        finally:
+            source.close()
+    assert len(items) < 20_000
+    assert source.counts["disconnects"] >= 1
+    assert sum(source.close_codes.values()) == source.counts["disconnects"]
+    exported = generate_latest(registry).decode()
+    assert 'headbits_zeek_link_events_total{event="close_' in exported

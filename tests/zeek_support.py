@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import dpkt
 import orjson
 import pytest
 from websockets.sync.client import connect
@@ -223,3 +224,24 @@ def project_heads(capture: Path) -> list[HeadKey]:
     """The same keys from the project's own reassembly (what `headbits replay` sends)."""
     return [(h.transport, h.orig_h, h.orig_p, h.resp_h, h.resp_p, h.orig_head, h.resp_head,
              h.orig_gap, h.resp_gap) for h in read_capture(capture).heads]
+
+
+def write_udp_capture(path: Path, connections: int) -> None:
+    """A capture of `connections` UDP request/answer pairs to port 5353, one second apart in
+    blocks of 1000: Zeek keeps them all open until the file ends, then publishes their heads in
+    one burst (what overwhelms a subscriber that stopped reading)."""
+    with path.open("wb") as stream:
+        writer = dpkt.pcap.Writer(stream)
+        for i in range(connections):
+            client = socket.inet_aton(f"10.{1 + i // 65000}.{(i // 250) % 260 % 256}.{1 + i % 250}")
+            server = socket.inet_aton("192.0.2.53")
+            for src, dst, sport, dport, payload in (
+                (client, server, 20000 + i % 40000, 5353, b"Q" * 40 + i.to_bytes(4, "big")),
+                (server, client, 5353, 20000 + i % 40000, b"A" * 60 + i.to_bytes(4, "big")),
+            ):
+                udp = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
+                udp.ulen = len(udp)
+                ip = dpkt.ip.IP(src=src, dst=dst, p=dpkt.ip.IP_PROTO_UDP, data=udp)
+                ip.len = len(ip)
+                frame = dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip)
+                writer.writepkt(bytes(frame), ts=1_700_000_000 + i / 1000)
