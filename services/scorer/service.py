@@ -48,6 +48,7 @@ from headbits.scorer.backend import (
     ScoringBackend,
     disagreement,
 )
+from headbits.scorer.zeek_notices import ZeekAlertPublisher
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class ScorerSettings(ServiceSettings):
         None, "tfserving: also score with this label (e.g. canary); its scores go to the scores "
               "topic next to the primary's, and metrics count where the two disagree")
     write_scores: bool = setting(False, "also write every score to the scores topic")
+    zeek_alerts_url: str | None = setting(
+        None, "also publish alerts to this Zeek WebSocket server (ws://sensor:27759/v1/messages/"
+              "json) as HeadBits::alert events, which the package logs as notices")
 
 
 class ScorerStage(Stage):
@@ -71,7 +75,7 @@ class ScorerStage(Stage):
 
     def __init__(
         self, backend: ScoringBackend, alerts_topic: str, scores_topic: str | None,
-        shadow: ScoringBackend | None = None,
+        shadow: ScoringBackend | None = None, notices: ZeekAlertPublisher | None = None,
     ):
         if shadow is not None and scores_topic is None:
             raise ValueError("shadow scoring writes to the scores topic: give scores_topic")
@@ -79,6 +83,7 @@ class ScorerStage(Stage):
         self._alerts_topic = alerts_topic
         self._scores_topic = scores_topic
         self._shadow = shadow
+        self._notices = notices
         self.shadow_metrics: ShadowMetrics | None = None
 
     def attach(self, runtime: Runtime) -> None:
@@ -107,6 +112,8 @@ class ScorerStage(Stage):
         verdicts = Verdicts.of(scorable, scores)
         alerts = alert_records(scorable, batch, scores, verdicts)
         outputs = [Output(self._alerts_topic, alerts, [a["uid"] for a in alerts])]
+        if self._notices is not None:
+            self._notices.publish(alerts)
         if self._scores_topic:
             everything = score_dicts(scorable, scores, verdicts)
             if self._shadow is not None:
@@ -186,13 +193,16 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(ScorerSettings, args)
     backend = make_backend(settings)
     shadow = None
+    notices = ZeekAlertPublisher(settings.zeek_alerts_url) if settings.zeek_alerts_url else None
     try:
         shadow = make_shadow(settings, backend)
         writes_scores = settings.write_scores or shadow is not None
         stage = ScorerStage(backend, settings.alerts_topic,
-                            settings.scores_topic if writes_scores else None, shadow)
+                            settings.scores_topic if writes_scores else None, shadow, notices)
         return run_stage(stage, settings, settings.features_topic)
     finally:
+        if notices is not None:
+            notices.close()
         if shadow is not None:
             shadow.close()
         backend.close()

@@ -85,16 +85,19 @@ export {
 	global publish_policy: hook(c: connection, orig_head: string, resp_head: string,
 	    orig_gap: bool, resp_gap: bool);
 
-	## A scorer alert for connection `uid`: `reason` is "anomaly" (reconstruction error over
-	## the threshold) or "protocol" (predicted protocol differs from the expected one).
-	global alert: event(uid: string, id: conn_id, reason: string, score: double,
-	    threshold: double, predicted: string, expected: string, model: string);
+	## A scorer alert for connection `uid`: `reasons` is the alert's comma-joined reasons,
+	## "anomalous-bytes" (reconstruction error over the threshold) and/or
+	## "protocol-mismatch" (the model recognises a protocol other than the expected one).
+	global alert: event(uid: string, orig_h: addr, orig_p: port, resp_h: addr, resp_p: port,
+	    reasons: string, score: double, threshold: double, predicted: string,
+	    expected: string, model: string);
 
 	redef enum Notice::Type += {
-		## The scorer found the connection's first bytes unlike the protocols it learnt.
+		## The scorer found the connection's first bytes unlike the traffic it learnt
+		## ("anomalous-bytes").
 		Anomalous_Protocol,
-		## The scorer recognised a different protocol from the one the port or Zeek's
-		## analyzers suggest.
+		## The scorer recognised a protocol other than the one the port or Zeek's analyzers
+		## suggest ("protocol-mismatch").
 		Novel_Protocol,
 	};
 }
@@ -311,14 +314,18 @@ event Pcap::file_done(path: string) &priority=10
 		}
 	}
 
-event HeadBits::alert(uid: string, id: conn_id, reason: string, score: double,
-    threshold: double, predicted: string, expected: string, model: string)
+event HeadBits::alert(uid: string, orig_h: addr, orig_p: port, resp_h: addr, resp_p: port,
+    reasons: string, score: double, threshold: double, predicted: string, expected: string,
+    model: string)
 	{
-	local note = reason == "protocol" ? Novel_Protocol : Anomalous_Protocol;
-	NOTICE([$note=note, $uid=uid, $id=id, $identifier=cat(uid, reason),
-	    $msg=fmt("headbits %s: score %.4f over threshold %.4f; predicted %s, expected %s",
-	        reason, score, threshold, predicted, expected),
-	    $sub=model]);
+	local id = conn_id($orig_h=orig_h, $orig_p=orig_p, $resp_h=resp_h, $resp_p=resp_p);
+	for ( _, reason in split_string(reasons, /,/) )
+		{
+		local note = reason == "protocol-mismatch" ? Novel_Protocol : Anomalous_Protocol;
+		NOTICE([$note=note, $uid=uid, $id=id, $identifier=cat(uid, reason), $sub=model,
+		    $msg=fmt("headbits %s: score %.4f, threshold %.4f; predicted %s, expected %s",
+		        reason, score, threshold, predicted, expected)]);
+		}
 	}
 
 function fail(what: string)

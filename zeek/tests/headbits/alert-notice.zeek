@@ -9,10 +9,6 @@ redef HeadBits::listen_websocket = F;
 
 event zeek_init()
 	{
-	local id = conn_id($orig_h=141.142.228.5, $orig_p=50153/tcp, $resp_h=54.243.118.187,
-	    $resp_p=80/tcp);
-	event HeadBits::alert("CHhAvVGS1DHFjwGM9", id, "anomaly", 0.9, 0.5, "http", "http",
-	    "model/3");
-	event HeadBits::alert("CHhAvVGS1DHFjwGM9", id, "protocol", 0.1, 0.5, "ssh", "http",
-	    "model/3");
+	event HeadBits::alert("CHhAvVGS1DHFjwGM9", 141.142.228.5, 50153/tcp, 54.243.118.187,
+	    80/tcp, "anomalous-bytes,protocol-mismatch", 0.9, 0.5, "ssh", "http", "model/3");
 	}
