@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -245,3 +246,53 @@ def write_udp_capture(path: Path, connections: int) -> None:
                 ip.len = len(ip)
                 frame = dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip)
                 writer.writepkt(bytes(frame), ts=1_700_000_000 + i / 1000)
+
+
+def _swapped(key: HeadKey) -> HeadKey:
+    transport, orig_h, orig_p, resp_h, resp_p, orig_head, resp_head, orig_gap, resp_gap = key
+    return (transport, resp_h, resp_p, orig_h, orig_p, resp_head, orig_head, resp_gap, orig_gap)
+
+
+def compare_heads(zeek: list[HeadKey], project: list[HeadKey]) -> Counter[str]:
+    """How Zeek's heads of one capture relate to the project's, one count per Zeek head that
+    matches or differs, and per project head Zeek does not have (zeek/README.md explains each):
+
+    identical, roles_swapped (same connection, originator and responder the other way round),
+    project_gap_only (same bytes, only the project sets a gap flag), gap_differs (same bytes,
+    other gap flag differences), bytes_differ (same connection, other bytes), zeek_split (one
+    more Zeek head of a 5-tuple the project has fewer connections of), zeek_only, project_only.
+    """
+    outcome: Counter[str] = Counter()
+    remaining = Counter(project)
+    unmatched = []
+    for head in zeek:
+        if remaining[head] > 0:
+            remaining[head] -= 1
+            outcome["identical"] += 1
+        elif remaining[_swapped(head)] > 0:
+            remaining[_swapped(head)] -= 1
+            outcome["roles_swapped"] += 1
+        else:
+            unmatched.append(head)
+    by_connection: dict[tuple, list[HeadKey]] = {}
+    for head, count in remaining.items():
+        by_connection.setdefault(head[:5], []).extend([head] * count)
+    project_tuples = {head[:5] for head in project} | {_swapped(head)[:5] for head in project}
+    for head in unmatched:
+        candidates = by_connection.get(head[:5]) or by_connection.get(_swapped(head)[:5])
+        if not candidates:
+            outcome["zeek_split" if head[:5] in project_tuples else "zeek_only"] += 1
+            continue
+        other = candidates.pop(0)
+        if other[:5] != head[:5]:
+            other = _swapped(other)
+        if other[5:7] != head[5:7]:
+            outcome["bytes_differ"] += 1
+        elif (other[7] or not head[7]) and (other[8] or not head[8]):
+            outcome["project_gap_only"] += 1
+        else:
+            outcome["gap_differs"] += 1
+    left = sum(len(heads) for heads in by_connection.values())
+    if left:
+        outcome["project_only"] += left
+    return outcome
