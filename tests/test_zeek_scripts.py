@@ -1,6 +1,8 @@
-"""The Zeek package: every script parses (zeekscript), and the event it declares is the one the
-collector decodes. Zeek itself cannot run here, so names are checked against the docs by hand
-(zeek/README.md lists them); this catches syntax errors and drift between script and decoder."""
+"""The Zeek package without Zeek: zkg.meta, every script parses with zeekscript, and the event
+it declares is the one the collector decodes. zeekscript accepts some lines Zeek rejects (it
+parsed `! in_subnets(` that Zeek reads as `!in`), so the real Zeek runs the package in
+test_zeek_package.py and test_zeek_live.py; these checks catch drift between script and
+decoder even where no Zeek is installed."""
 
 from __future__ import annotations
 
@@ -12,14 +14,20 @@ import zeekscript
 
 from headbits.collector.zeek_event import ARGUMENTS, DEFAULT_TOPIC, EVENT_NAME
 
-ZEEK_DIR = Path(__file__).resolve().parents[1] / "zeek"
-SCRIPTS = sorted(ZEEK_DIR.rglob("*.zeek"))
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ZEEK_DIR = PROJECT_ROOT / "zeek"
+SCRIPTS = sorted((ZEEK_DIR / "scripts").rglob("*.zeek"))
 
 
 def test_package_layout() -> None:
-    assert (ZEEK_DIR / "zkg.meta").is_file()
-    assert "script_dir = scripts" in (ZEEK_DIR / "zkg.meta").read_text()
+    """zkg wants zkg.meta at the top of the git repository it installs from."""
+    meta = (PROJECT_ROOT / "zkg.meta").read_text()
+    assert "script_dir = zeek/scripts" in meta
+    assert "test_command = cd zeek/tests && btest -d" in meta
+    assert "depends = zeek >=7.2.0" in meta
+    assert "version =" not in meta
     assert (ZEEK_DIR / "scripts" / "__load__.zeek").is_file()
+    assert (ZEEK_DIR / "tests" / "btest.cfg").is_file()
     assert (ZEEK_DIR / "README.md").is_file()
 
 

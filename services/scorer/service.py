@@ -61,6 +61,7 @@ from headbits.scorer.backend import (
     disagreement,
 )
 from headbits.scorer.drift import DriftMonitor
+from headbits.scorer.zeek_notices import ZeekAlertPublisher
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, D
     drift_psi_threshold: float = setting(
         0.25, "PSI of a slice's tail probabilities against uniform above which it has drifted "
               "(0.1 moderate, 0.25 large); a crossing logs a warning and marks the record")
+    zeek_alerts_url: str | None = setting(
+        None, "also publish alerts to this Zeek WebSocket server (ws://sensor:27759/v1/messages/"
+              "json) as HeadBits::alert events, which the package logs as notices")
 
 
 class ScorerStage(Stage):
@@ -111,7 +115,7 @@ class ScorerStage(Stage):
     def __init__(
         self, backend: ScoringBackend, alerts_topic: str, scores_topic: str | None,
         shadow: ScoringBackend | None = None, rule: AlertRule = DEFAULT_RULE,
-        drift: DriftReporter | None = None,
+        drift: DriftReporter | None = None, notices: ZeekAlertPublisher | None = None,
     ):
         if shadow is not None and scores_topic is None:
             raise ValueError("shadow scoring writes to the scores topic: give scores_topic")
@@ -121,6 +125,7 @@ class ScorerStage(Stage):
         self._shadow = shadow
         self._rule = rule
         self._drift = drift
+        self._notices = notices
         self.shadow_metrics: ShadowMetrics | None = None
 
     def attach(self, runtime: Runtime) -> None:
@@ -168,6 +173,8 @@ class ScorerStage(Stage):
             if self._drift is not None:
                 drifts += self._drift.observe(part_records, scores, verdicts)
         outputs = [Output(self._alerts_topic, alerts, [a["uid"] for a in alerts])]
+        if self._notices is not None:
+            self._notices.publish(alerts)
         if self._scores_topic:
             outputs.append(Output(self._scores_topic, everything, [s["uid"] for s in everything]))
         if drifts:
@@ -351,15 +358,18 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(ScorerSettings, args)
     backend = make_backend(settings)
     shadow = None
+    notices = ZeekAlertPublisher(settings.zeek_alerts_url) if settings.zeek_alerts_url else None
     try:
         shadow = make_shadow(settings, backend)
         writes_scores = settings.write_scores or shadow is not None
         stage = ScorerStage(backend, settings.alerts_topic,
                             settings.scores_topic if writes_scores else None, shadow,
                             AlertRule(settings.alert_rate, settings.alert_midstream),
-                            make_drift(settings))
+                            make_drift(settings), notices)
         return run_stage(stage, settings, settings.features_topic)
     finally:
+        if notices is not None:
+            notices.close()
         if shadow is not None:
             shadow.close()
         backend.close()

@@ -2,17 +2,34 @@
 ##! publish one HeadBits::payload_head event per connection, when both directions have N bytes
 ##! or when the connection ends.
 ##!
-##! TCP on Zeek >= 7.1 uses the stream-event analyzer and disables it once both heads are full,
-##! so the cost does not grow with the connection's length; older Zeek falls back to
-##! tcp_contents (which cannot be switched off per connection: handlers return early). UDP uses
-##! udp_contents and concatenates the first datagrams. The payload is base64-encoded because
-##! Broker's JSON writer does not escape raw bytes.
+##! TCP uses the stream-event analyzer, attached to every TCP connection with payload by a
+##! signature (heads.sig) rather than by port registration: registering all 65,536 ports costs
+##! most of a second at start-up and misses expected connections such as FTP data channels. The
+##! analyzer is disabled once both heads are complete, or a bounded number of chunks after one
+##! head is complete, so the cost of a connection does not grow with its length. UDP uses
+##! udp_contents, which Zeek raises for every datagram (there is no per-connection switch):
+##! once a connection's heads are published the handler returns after one table lookup.
+##! The payload is base64-encoded because Broker's JSON writer does not escape raw bytes.
+
+@load base/frameworks/cluster
+@load base/frameworks/notice
+@load base/misc/version
+# For its data channels, which get a head too (see ftp_reply below).
+@load base/protocols/ftp
+@load-sigs ./heads.sig
 
 module HeadBits;
 
 export {
 	## Bytes collected per direction (the models use any prefix up to 64).
 	option head_bytes: count = 64;
+
+	## Once one direction's head is complete, the stream-event analyzer stays on for at most
+	## this many further chunks (of either direction) while the other head fills; then it is
+	## turned off and the other head is published as far as it got. This bounds the script
+	## events of a lopsided connection (a download after a 20-byte request) to
+	## 2 * head_bytes + lopsided_chunks chunks.
+	option lopsided_chunks: count = 16;
 
 	## Topic of the HeadBits::payload_head events.
 	option topic = "headbits/heads";
@@ -26,17 +43,21 @@ export {
 	## Connections with an endpoint in one of these subnets are skipped.
 	option exclude_subnets: set[subnet] = set();
 
-	## Fraction of eligible connections published, 0.0 to 1.0.
+	## Fraction of eligible connections published, 0.0 to 1.0; drawn once per connection.
 	option sample_rate = 1.0;
 
-	## Start a WebSocket server (Cluster::listen_websocket on Zeek >= 7.2,
-	## Broker::listen_websocket before).
+	## Skip the outer flow of a tunnel (VXLAN, Geneve, GTP-U, Teredo, AYIYA, ...) once Zeek
+	## has decapsulated a connection inside it: its head would be tunnel framing, and the inner
+	## connections get heads of their own.
+	option skip_tunnels = T;
+
+	## Start a WebSocket server (Cluster::listen_websocket). Only a standalone Zeek listens:
+	## in a cluster, connect the collector to the manager's WebSocket server (zeekctl
+	## UseWebSocket = 1, 127.0.0.1:27759), or set listen_in_cluster on the node that listens.
 	option listen_websocket = T;
 	option websocket_address = 127.0.0.1;
 	option websocket_port = 27759/tcp;
-	## TLS certificate and key for the WebSocket server (Zeek >= 7.2; both empty: no TLS).
-	## Before 7.2 the WebSocket server uses Broker's TLS settings (Broker::ssl_*,
-	## Broker::disable_ssl).
+	## TLS certificate and key for the WebSocket server (both empty: no TLS).
 	option websocket_cert_file = "";
 	option websocket_key_file = "";
 
@@ -47,26 +68,62 @@ export {
 	option broker_address = "127.0.0.1";
 	option broker_port = 9999/tcp;
 
+	## Start the listeners above on this cluster node too (a cluster normally funnels through
+	## the manager's own WebSocket server, so nodes do not listen unless asked).
+	option listen_in_cluster = F;
+
+	## Topic on which the scorer publishes HeadBits::alert events back to the sensors.
+	option alert_topic = "headbits/alerts";
+
 	## One connection's heads; its argument order is the wire format (zeek/README.md).
 	global payload_head: event(uid: string, id: conn_id, transport: transport_proto,
 	    services: set[string], orig_head: string, resp_head: string, orig_seen: count,
 	    resp_seen: count, orig_gap: bool, resp_gap: bool, ts: double);
+
+	## Called just before a connection's heads are published; break to publish nothing for it
+	## (a filter of your own), or read the heads (the package's tests do).
+	global publish_policy: hook(c: connection, orig_head: string, resp_head: string,
+	    orig_gap: bool, resp_gap: bool);
+
+	## A scorer alert for connection `uid`: `reasons` is the alert's comma-joined reasons,
+	## "anomalous-bytes" (reconstruction error over the threshold) and/or
+	## "protocol-mismatch" (the model recognises a protocol other than the expected one).
+	global alert: event(uid: string, orig_h: addr, orig_p: port, resp_h: addr, resp_p: port,
+	    reasons: string, score: double, threshold: double, predicted: string,
+	    expected: string, model: string);
+
+	redef enum Notice::Type += {
+		## The scorer found the connection's first bytes unlike the traffic it learnt
+		## ("anomalous-bytes").
+		Anomalous_Protocol,
+		## The scorer recognised a protocol other than the one the port or Zeek's analyzers
+		## suggest ("protocol-mismatch").
+		Novel_Protocol,
+	};
 }
 
 type Direction: record {
 	head: string &default="";
 	seen: count &default=0;
+	## Published gap flag: a hole before the head was complete, or the stream start unseen.
 	gap: bool &default=F;
+	## The head can grow no more (a hole was hit).
+	stopped: bool &default=F;
 };
 
 type State: record {
 	orig: Direction &default=Direction();
 	resp: Direction &default=Direction();
-	published: bool &default=F;
+	## Heads published, or the connection is not collected: later deliveries are ignored.
+	done: bool &default=F;
+	## Chunks delivered since the first head was complete.
+	chunks_after_full: count &default=0;
+	## The connection, to publish its heads when a capture file ends (Pcap::file_done).
+	id: conn_id &optional;
 };
 
-## Per-connection state: two strings of at most head_bytes each, freed in
-## connection_state_remove.
+## Per-connection state, freed in connection_state_remove: two strings of at most head_bytes
+## while collecting, an empty record once done.
 global states: table[string] of State;
 
 function in_subnets(a: addr, subnets: set[subnet]): bool
@@ -86,8 +143,8 @@ function eligible(c: connection): bool
 		return F;
 	if ( p in exclude_ports )
 		return F;
-	if ( |include_subnets| > 0 && ! in_subnets(c$id$orig_h, include_subnets)
-	     && ! in_subnets(c$id$resp_h, include_subnets) )
+	if ( |include_subnets| > 0 && ! ( in_subnets(c$id$orig_h, include_subnets) )
+	     && ! ( in_subnets(c$id$resp_h, include_subnets) ) )
 		return F;
 	if ( in_subnets(c$id$orig_h, exclude_subnets) || in_subnets(c$id$resp_h, exclude_subnets) )
 		return F;
@@ -96,30 +153,43 @@ function eligible(c: connection): bool
 	return T;
 	}
 
+## A connection's state, created on first sight, when eligibility (and the sample draw) is
+## decided once and for all.
+function state_of(c: connection): State
+	{
+	if ( c$uid in states )
+		return states[c$uid];
+	local s = State($id=c$id);
+	s$done = ! eligible(c);
+	if ( skip_tunnels && c?$tunnel && |c$tunnel| > 0 )
+		{
+		local outer = c$tunnel[|c$tunnel| - 1];
+		if ( outer?$uid )
+			states[outer$uid] = State($done=T);
+		}
+	states[c$uid] = s;
+	return s;
+	}
+
 function direction_full(d: Direction): bool
 	{
-	return d$gap || |d$head| >= head_bytes;
+	return d$stopped || |d$head| >= head_bytes;
 	}
 
 function publish_heads(c: connection, s: State)
 	{
-	if ( s$published )
-		return;
-	s$published = T;
-	local transport = get_port_transport_proto(c$id$resp_p);
-@if ( Version::number >= 70100 )
-	Cluster::publish(topic, payload_head, c$uid, c$id, transport, c$service,
-	    encode_base64(s$orig$head), encode_base64(s$resp$head), s$orig$seen, s$resp$seen,
-	    s$orig$gap, s$resp$gap, time_to_double(c$start_time));
-@else
-	Broker::publish(topic, payload_head, c$uid, c$id, transport, c$service,
-	    encode_base64(s$orig$head), encode_base64(s$resp$head), s$orig$seen, s$resp$seen,
-	    s$orig$gap, s$resp$gap, time_to_double(c$start_time));
-@endif
+	s$done = T;
+	if ( hook publish_policy(c, s$orig$head, s$resp$head, s$orig$gap, s$resp$gap) )
+		Cluster::publish(topic, payload_head, c$uid, c$id,
+		    get_port_transport_proto(c$id$resp_p), c$service, encode_base64(s$orig$head),
+		    encode_base64(s$resp$head), s$orig$seen,
+		    s$resp$seen, s$orig$gap, s$resp$gap, time_to_double(c$start_time));
+	s$orig = Direction();
+	s$resp = Direction();
 	}
 
-## Start of stream not seen (no SYN from that side in the history): the head would not start
-## at byte 0, so it is flagged as a gap from the first delivery on.
+## Start of a TCP stream not seen (no SYN from that side in the history): the head is kept but
+## flagged, as it may not start at byte 0.
 function stream_start_missing(c: connection, is_orig: bool): bool
 	{
 	if ( get_port_transport_proto(c$id$resp_p) != tcp )
@@ -129,23 +199,25 @@ function stream_start_missing(c: connection, is_orig: bool): bool
 	return /[hs]/ !in c$history;
 	}
 
-## Append a chunk to one direction; returns T once both directions are complete.
+## Append a chunk to one direction; returns T once no more chunks are wanted.
 function add_bytes(c: connection, is_orig: bool, data: string): bool
 	{
-	if ( c$uid !in states )
-		{
-		if ( ! eligible(c) )
-			return T;
-		states[c$uid] = State();
-		}
-	local s = states[c$uid];
+	local s = state_of(c);
+	if ( s$done )
+		return T;
 	local d = is_orig ? s$orig : s$resp;
 	if ( d$seen == 0 && |data| > 0 && stream_start_missing(c, is_orig) )
 		d$gap = T;
 	d$seen += |data|;
-	if ( ! d$gap && |d$head| < head_bytes )
+	local was_full = direction_full(s$orig) || direction_full(s$resp);
+	if ( ! d$stopped && |d$head| < head_bytes )
 		d$head += data[:head_bytes - |d$head|];
 	if ( direction_full(s$orig) && direction_full(s$resp) )
+		{
+		publish_heads(c, s);
+		return T;
+		}
+	if ( was_full && ++s$chunks_after_full > lopsided_chunks )
 		{
 		publish_heads(c, s);
 		return T;
@@ -153,18 +225,19 @@ function add_bytes(c: connection, is_orig: bool, data: string): bool
 	return F;
 	}
 
+## A hole in one direction: its head ends here (flagged) unless it was already complete.
 function mark_gap(c: connection, is_orig: bool)
 	{
-	if ( c$uid !in states )
+	local s = state_of(c);
+	if ( s$done )
 		return;
-	local s = states[c$uid];
-	if ( is_orig )
-		s$orig$gap = T;
-	else
-		s$resp$gap = T;
+	local d = is_orig ? s$orig : s$resp;
+	if ( |d$head| < head_bytes )
+		{
+		d$gap = T;
+		d$stopped = T;
+		}
 	}
-
-@if ( Version::number >= 70100 )
 
 event stream_deliver(c: connection, is_orig: bool, data: string)
 	{
@@ -175,35 +248,45 @@ event stream_deliver(c: connection, is_orig: bool, data: string)
 event stream_undelivered(c: connection, is_orig: bool, seq: count, len: count)
 	{
 	mark_gap(c, is_orig);
+	local s = states[c$uid];
+	if ( ! s$done && direction_full(s$orig) && direction_full(s$resp) )
+		{
+		publish_heads(c, s);
+		disable_analyzer(c$id, current_analyzer(), F);
+		}
 	}
-
-@else
-
-redef tcp_content_deliver_all_orig = T;
-redef tcp_content_deliver_all_resp = T;
-
-event tcp_contents(c: connection, is_orig: bool, seq: count, contents: string)
-	{
-	if ( c$uid in states && states[c$uid]$published )
-		return;
-	add_bytes(c, is_orig, contents);
-	}
-
-event content_gap(c: connection, is_orig: bool, seq: count, length: count)
-	{
-	mark_gap(c, is_orig);
-	}
-
-@endif
 
 redef udp_content_deliver_all_orig = T;
 redef udp_content_deliver_all_resp = T;
 
 event udp_contents(u: connection, is_orig: bool, contents: string)
 	{
-	if ( u$uid in states && states[u$uid]$published )
+	if ( u$uid in states && states[u$uid]$done )
 		return;
 	add_bytes(u, is_orig, contents);
+	}
+
+## FTP data channels are expected connections: Zeek builds their analyzer tree from the
+## scheduled FTP_DATA analyzer alone, so the signature never sees them. Schedule the
+## stream-event analyzer beside it for every channel FTP announces.
+event ftp_reply(c: connection, code: count, msg: string, cont_resp: bool) &priority=-10
+	{
+	if ( c?$ftp && c$ftp?$data_channel )
+		{
+		local chan = c$ftp$data_channel;
+		Analyzer::schedule_analyzer(chan$orig_h, chan$resp_h, chan$resp_p,
+		    Analyzer::ANALYZER_STREAM_EVENT, 5min);
+		}
+	}
+
+event ftp_request(c: connection, command: string, arg: string) &priority=-10
+	{
+	if ( c?$ftp && c$ftp?$data_channel )
+		{
+		local chan = c$ftp$data_channel;
+		Analyzer::schedule_analyzer(chan$orig_h, chan$resp_h, chan$resp_p,
+		    Analyzer::ANALYZER_STREAM_EVENT, 5min);
+		}
 	}
 
 event connection_state_remove(c: connection)
@@ -211,45 +294,84 @@ event connection_state_remove(c: connection)
 	if ( c$uid !in states )
 		return;
 	local s = states[c$uid];
-	if ( s$orig$seen > 0 || s$resp$seen > 0 )
+	if ( ! s$done && ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap ) )
 		publish_heads(c, s);
 	delete states[c$uid];
 	}
 
-function all_tcp_ports(): set[port]
+## At the end of a capture file, publish the heads of every connection still collecting. Zeek
+## would publish them in connection_state_remove while it shuts down, but it exits without
+## draining its WebSocket and Broker queues, so events published then can be lost; and with a
+## listener open Zeek keeps running after the file until it is told to stop.
+event Pcap::file_done(path: string) &priority=10
 	{
-	local ports: set[port] = set();
-	local n = 1;
-	while ( n < 65536 )
+	for ( _, s in states )
 		{
-		add ports[count_to_port(n, tcp)];
-		++n;
+		if ( s$done || ! s?$id || ! connection_exists(s$id) )
+			next;
+		if ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap )
+			publish_heads(lookup_connection(s$id), s);
 		}
-	return ports;
+	}
+
+event HeadBits::alert(uid: string, orig_h: addr, orig_p: port, resp_h: addr, resp_p: port,
+    reasons: string, score: double, threshold: double, predicted: string, expected: string,
+    model: string)
+	{
+	local id = conn_id($orig_h=orig_h, $orig_p=orig_p, $resp_h=resp_h, $resp_p=resp_p);
+	for ( _, reason in split_string(reasons, /,/) )
+		{
+		local note = reason == "protocol-mismatch" ? Novel_Protocol : Anomalous_Protocol;
+		NOTICE([$note=note, $uid=uid, $id=id, $identifier=cat(uid, reason), $sub=model,
+		    $msg=fmt("headbits %s: score %.4f, threshold %.4f; predicted %s, expected %s",
+		        reason, score, threshold, predicted, expected)]);
+		}
+	}
+
+function fail(what: string)
+	{
+	Reporter::fatal(fmt("headbits: %s; the heads would go nowhere. Change the address or port "
+	    + "(HeadBits::*_address, HeadBits::*_port) or turn the listener off.", what));
 	}
 
 event zeek_init()
 	{
-@if ( Version::number >= 70100 )
-	Analyzer::register_for_ports(Analyzer::ANALYZER_STREAM_EVENT, all_tcp_ports());
+@ifdef ( Cluster::CLUSTER_BACKEND_NONE )
+	# Zeek >= 8.1: a standalone Zeek has no cluster backend by default, and Cluster::publish
+	# then drops every event without a word.
+	if ( Cluster::backend == Cluster::CLUSTER_BACKEND_NONE )
+		Reporter::fatal("headbits: Zeek has no cluster backend (Cluster::CLUSTER_BACKEND_NONE), "
+		    + "so HeadBits::payload_head events would go nowhere. Load one: "
+		    + "@load policy/frameworks/cluster/backend/zeromq, or "
+		    + "@load policy/frameworks/cluster/websocket/server for a standalone server.");
 @endif
 
-	if ( listen_websocket )
+	Cluster::subscribe(alert_topic);
+
+	local listens = ! Cluster::is_enabled() || listen_in_cluster;
+	if ( listens && listen_websocket )
 		{
-@if ( Version::number >= 70200 )
 		local tls = Cluster::WebSocketTLSOptions();
 		if ( websocket_cert_file != "" )
 			{
 			tls$cert_file = websocket_cert_file;
 			tls$key_file = websocket_key_file;
 			}
-		Cluster::listen_websocket(Cluster::WebSocketServerOptions($listen_addr=websocket_address,
-		    $listen_port=websocket_port, $tls_options=tls));
+@if ( Version::number >= 80000 )
+		local options = Cluster::WebSocketServerOptions($listen_addr=websocket_address,
+		    $listen_port=websocket_port, $tls_options=tls);
 @else
-		Broker::listen_websocket(cat(websocket_address), websocket_port);
+		local options = Cluster::WebSocketServerOptions($listen_host=cat(websocket_address),
+		    $listen_port=websocket_port, $tls_options=tls);
 @endif
+		if ( ! Cluster::listen_websocket(options) )
+			fail(fmt("cannot listen for WebSocket clients on %s:%s", websocket_address,
+			    websocket_port));
 		}
 
-	if ( listen_broker )
-		Broker::listen(broker_address, broker_port);
+	if ( listens && listen_broker )
+		{
+		if ( Broker::listen(broker_address, broker_port) == 0/tcp )
+			fail(fmt("cannot listen for Broker peers on %s:%s", broker_address, broker_port));
+		}
 	}

@@ -2,10 +2,14 @@
 
 The `broker` module ships with Zeek (or Debian's python3-broker) outside any virtualenv;
 `scripts/link-broker.sh` links it into one. It is imported lazily so the rest of the collector
-runs without it. Broker's subscriber queue (`queue_size` messages) is the bounded buffer: when the
-collector stops reading, Broker's flow control pushes back on the Zeek peer. A lost peer is
-re-peered by Broker itself every `retry` seconds; peer changes are logged from the status
-subscriber (polled: its blocking `get` is broken in Broker 1.4's bindings).
+runs without it. Broker's subscriber queue (`queue_size` messages) is the bounded buffer. Zeek's
+side does not wait for a slow peer: past `Broker::peer_buffer_size` (8192 messages) it applies
+`Broker::peer_overflow_policy` (default `drop_oldest`: events are dropped without a word; with
+`disconnect` the peer is dropped), see zeek/README.md. A lost peer is re-peered by Broker itself
+every `retry` seconds. Every status and error Broker reports is logged (peer lost or removed, and
+errors, as warnings), counted in `status_codes` and, given a Prometheus registry, in
+`headbits_zeek_link_events_total{source="broker", event=...}`. The status subscriber is polled:
+its blocking `get` is broken in Broker 1.4's bindings.
 The bindings' `Subscriber` wrapper is bypassed: its `poll` converts each value through
 `Data.to_py`, which rebuilds a table of converters per value (about 3.5k events/s here), and its
 topic handling uses `collections.Iterable`, gone since Python 3.10.
@@ -20,14 +24,16 @@ import datetime
 import ipaddress
 import logging
 import select
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from headbits.collector.sources.base import EndOfSource, Rejected, Source, SourceItem
+from headbits.collector.sources.websocket import link_events_counter
 from headbits.collector.zeek_event import DEFAULT_TOPIC, EventError, decode_event
 
 LOG = logging.getLogger(__name__)
@@ -87,6 +93,7 @@ class BrokerSource(Source):
         queue_size: int = 20_000,
         retry: float = 1.0,
         tls: BrokerTLS = BrokerTLS(),
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if retry < 1:
             # Broker truncates the retry interval to whole seconds, and 0 means never re-peer.
@@ -105,6 +112,8 @@ class BrokerSource(Source):
         self._pending: deque[tuple[str, Any]] = deque()
         self._converters = _converters(broker)
         self.counts = {"messages": 0, "heads": 0, "rejected": 0, "peer_events": 0}
+        self.status_codes: Counter[str] = Counter()
+        self._link_events = link_events_counter(registry) if registry is not None else None
         self._endpoint.peer_nosync(host, port, retry)
         self._closed = False
 
@@ -141,7 +150,21 @@ class BrokerSource(Source):
         for status in self._status.poll():
             self.counts["peer_events"] += 1
             code = status.code() if hasattr(status, "code") else status
-            LOG.info("Broker %s:%s: %s %s", self.host, self.port, code, status)
+            name = status_name(code)
+            self.status_codes[name] += 1
+            if self._link_events is not None:
+                self._link_events.labels("broker", name).inc()
+            level = logging.INFO if name in _BENIGN_STATUS else logging.WARNING
+            LOG.log(level, "Broker %s:%s: %s %s", self.host, self.port, name, status)
+
+
+_BENIGN_STATUS = {"peer_added", "endpoint_discovered"}
+
+
+def status_name(code: Any) -> str:
+    """`SC.PeerLost` or `ErrorCode.PeerUnavailable` -> `peer_lost`, `peer_unavailable`."""
+    text = str(code).rsplit(".", 1)[-1]
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in text).lstrip("_")
 
 
 def _timestamp_text(seconds: float) -> str:

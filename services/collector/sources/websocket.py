@@ -3,10 +3,14 @@
 A reader thread owns the socket: it connects, sends the topic array, waits for the `ack`, then
 turns every text frame into a PayloadHead or a Rejected and hands them over in batches through a
 bounded queue. When the queue is full the thread stops reading the socket, so a stalled Kafka
-fills TCP windows instead of memory (Zeek then drops or disconnects the slow client by its own
-policy; the source reconnects with exponential backoff). `error` messages from the server are
-logged and counted. Frames are parsed with the `websockets` Sans-I/O protocol over a plain
-socket: one `recv` yields a batch of frames without a task switch per message.
+fills TCP windows instead of memory. Zeek does not push back on a WebSocket subscriber: when its
+send buffer for the client is full it drops events or closes the connection (zeek/README.md says
+what each version does), so every disconnect is told: the close code and reason Zeek sent (or
+that the connection just ended) are logged, counted in `counts` and, given a Prometheus
+registry, in `headbits_zeek_link_events_total{source="websocket", event=...}`. The source then
+reconnects with exponential backoff. `error` messages from the server are logged and counted.
+Frames are parsed with the `websockets` Sans-I/O protocol over a plain socket: one `recv` yields
+a batch of frames without a task switch per message.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import logging
 import socket
 import ssl
 import threading
+from collections import Counter
 from collections.abc import Sequence
 
 import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as PrometheusCounter
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.frames import Opcode
@@ -34,6 +41,24 @@ LOG = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/v1/messages/json"
 _RECV_BYTES = 1 << 18
+
+CLOSE_MEANINGS = {
+    1000: "normal closure",
+    1001: "going away (Zeek is shutting down)",
+    1006: "connection lost without a close frame",
+    1008: "policy violation",
+    1009: "message too big",
+    1011: "internal error on the Zeek side",
+}
+"""RFC 6455 close codes a Zeek WebSocket server may send, and what they mean for a collector."""
+
+
+def link_events_counter(registry: CollectorRegistry) -> PrometheusCounter:
+    """`headbits_zeek_link_events_total{source, event}`: disconnects and status changes of the
+    link to Zeek (close codes, Broker status codes), so silent loss at the sensor shows up."""
+    return PrometheusCounter(
+        "zeek_link_events", "disconnects and status changes of the link to Zeek, by event",
+        ["source", "event"], registry=registry, namespace="headbits")
 
 
 class HandshakeError(ConnectionError):
@@ -71,6 +96,7 @@ class WebSocketSource(Source):
         reconnect_max: float = 30.0,
         connect_timeout: float = 10.0,
         max_message_bytes: int = 1 << 20,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         try:
             self._uri = parse_uri(url)
@@ -89,7 +115,9 @@ class WebSocketSource(Source):
         self._stop = threading.Event()
         self._socket: socket.socket | None = None
         self.counts = {"messages": 0, "heads": 0, "rejected": 0, "server_errors": 0,
-                       "connections": 0, "lost_on_close": 0}
+                       "connections": 0, "lost_on_close": 0, "disconnects": 0}
+        self.close_codes: Counter[int] = Counter()
+        self._link_events = link_events_counter(registry) if registry is not None else None
         self._thread = threading.Thread(target=self._run, name="websocket-source", daemon=True)
         self._thread.start()
 
@@ -177,10 +205,26 @@ class WebSocketSource(Source):
                 events = _receive(sock, protocol)
             except TimeoutError:
                 continue
+            except ConnectionError:
+                if not self._stop.is_set():
+                    self._closed_by_server(protocol.close_code, protocol.close_reason)
+                raise
             self._deliver(_messages(events, partial))
             _flush(sock, protocol)
             if protocol.close_expected() or protocol.state is State.CLOSED:
+                self._closed_by_server(protocol.close_code, protocol.close_reason)
                 raise ConnectionError(f"server closed the connection ({protocol.close_code})")
+
+    def _closed_by_server(self, code: int | None, reason: str | None) -> None:
+        """Count and log why Zeek ended a subscribed connection (1006: no close frame)."""
+        code = code or 1006
+        self.counts["disconnects"] += 1
+        self.close_codes[code] += 1
+        if self._link_events is not None:
+            self._link_events.labels("websocket", f"close_{code}").inc()
+        LOG.warning("WebSocket %s: Zeek closed the connection: code %d, %s, reason %r; heads "
+                    "Zeek published while the collector was away are lost", self.url, code,
+                    CLOSE_MEANINGS.get(code, "unknown code"), reason or "")
 
     def _deliver(self, messages: list[tuple[bool, bytes]]) -> None:
         items: list[SourceItem] = []
