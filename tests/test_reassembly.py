@@ -306,3 +306,32 @@ def test_heads_equal_tshark_follow_prefixes(shared_pcaps: Path, relative: str):
         assert head.resp_head == stream[resp][:64], f"{relative} {head.uid} resp"
     compared = sum(1 for data in expected.values() if any(data.values()))
     assert compared == len(heads)
+
+
+def test_the_peer_acknowledging_a_fin_is_no_gap():
+    """A FIN takes a sequence number but no byte: its ACK must not look like a missing byte
+    (the short connections closed before N bytes would all be flagged mid-stream)."""
+    request, response = b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\n"
+    client_end = CLIENT_ISN + 1 + len(request)
+    server_end = SERVER_ISN + 1 + len(response)
+    (head,) = heads_of([
+        *handshake(),
+        tcp(CLIENT, TCP_ACK, CLIENT_ISN + 1, request, ack=SERVER_ISN + 1),
+        tcp(SERVER, TCP_ACK | TCP_FIN, SERVER_ISN + 1, response, ack=client_end),
+        tcp(CLIENT, TCP_ACK | TCP_FIN, client_end, ack=server_end + 1),  # acks the server FIN
+        tcp(SERVER, TCP_ACK, server_end + 1, ack=client_end + 1),  # acks the client FIN
+    ])
+    assert (head.orig_head, head.resp_head) == (request, response)
+    assert not head.orig_gap and not head.resp_gap
+
+
+def test_an_acknowledged_byte_never_seen_is_still_a_gap():
+    request = b"GET / HTTP/1.0\r\n\r\n"
+    (head,) = heads_of([
+        *handshake(),
+        tcp(CLIENT, TCP_ACK, CLIENT_ISN + 1, request[:5], ack=SERVER_ISN + 1),
+        # the server acknowledges the whole request, but its tail was never captured
+        tcp(SERVER, TCP_ACK, SERVER_ISN + 1, ack=CLIENT_ISN + 1 + len(request)),
+    ])
+    assert head.orig_head == request[:5] and head.orig_gap
+

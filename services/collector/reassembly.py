@@ -96,7 +96,8 @@ def format_address(packed: bytes) -> str:
 class _TcpDirection:
     """One direction's stream: bytes by offset from the stream start, kept within the first n."""
 
-    __slots__ = ("base", "buffer", "extent", "filled", "head_len", "seen_end", "started")
+    __slots__ = ("base", "buffer", "extent", "filled", "fin_offset", "head_len", "seen_end",
+                 "started")
 
     def __init__(self, n: int) -> None:
         self.base: int | None = None
@@ -106,6 +107,7 @@ class _TcpDirection:
         self.head_len = 0
         self.seen_end = 0
         self.extent = 0
+        self.fin_offset: int | None = None
 
     def offset(self, seq: int) -> int:
         """Stream offset of `seq`, negative before the start (sequence numbers wrap at 2**32)."""
@@ -151,9 +153,19 @@ class _TcpDirection:
             self.head_len = len(filled) if prefix_end < 0 else prefix_end
 
     def known_end(self, seq: int) -> None:
-        """A FIN or the peer's ACK proves the stream reached `seq`, seen or not."""
+        """The peer's ACK proves the stream reached `seq`, seen or not. A FIN takes one
+        sequence number but carries no byte, so an ACK of the FIN proves no more data."""
         if self.base is not None:
-            self.extent = max(self.extent, self.offset(seq))
+            acked = self.offset(seq)
+            if self.fin_offset is not None:
+                acked = min(acked, self.fin_offset)
+            self.extent = max(self.extent, acked)
+
+    def fin(self, seq: int) -> None:
+        """The stream ends at `seq` (the FIN's own sequence number): its data reached there."""
+        if self.base is not None:
+            self.fin_offset = self.offset(seq)
+            self.extent = max(self.extent, self.fin_offset)
 
     def head(self) -> bytes:
         return bytes(self.buffer[: self.head_len])
@@ -308,7 +320,7 @@ class ConnectionTable:
         sender = connection.directions[src]
         sender.add(segment.seq, syn, segment.payload, segment.payload_len)
         if flags & TCP_FIN:
-            sender.known_end((segment.seq + int(syn) + segment.payload_len) % _SEQ_MOD)
+            sender.fin((segment.seq + int(syn) + segment.payload_len) % _SEQ_MOD)
         if flags & TCP_ACK and not flags & TCP_RST:
             connection.directions[dst].known_end(segment.ack)
         if flags & (TCP_FIN | TCP_RST):

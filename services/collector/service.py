@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from headbits.collector.sources.base import EndOfSource, Rejected, Source
 from headbits.collector.zeek_event import DEFAULT_TOPIC
 from headbits.common.kafka import DeliveryFailedError, HeadsTopic
@@ -55,11 +57,12 @@ class CollectorSettings(ServiceSettings, HeadsTopic):
         None, "sensor name stamped on heads (default: the capture's, or the sensor's host)")
 
 
-def make_source(settings: CollectorSettings) -> Source:
+def make_source(settings: CollectorSettings, registry: CollectorRegistry | None = None) -> Source:
+    """The configured source; `registry` receives the live sources' link-event metric."""
     if settings.source == "websocket":
-        return _websocket_source(settings)
+        return _websocket_source(settings, registry)
     if settings.source == "broker":
-        return _broker_source(settings)
+        return _broker_source(settings, registry)
     if settings.source == "replay":
         if not settings.captures:
             raise SettingsError("--captures (HEADBITS_CAPTURES) is required with --source replay")
@@ -78,7 +81,7 @@ def make_source(settings: CollectorSettings) -> Source:
         f"source {settings.source!r} is not known (websocket, broker, replay, heads-file)")
 
 
-def _websocket_source(settings: CollectorSettings) -> Source:
+def _websocket_source(settings: CollectorSettings, registry: CollectorRegistry | None) -> Source:
     from urllib.parse import urlsplit
 
     from headbits.collector.sources.websocket import WebSocketSource, client_ssl_context
@@ -92,10 +95,10 @@ def _websocket_source(settings: CollectorSettings) -> Source:
         context = client_ssl_context(settings.tls_ca_file, settings.tls_verify,
                                      settings.tls_cert_file, settings.tls_key_file)
     return WebSocketSource(settings.websocket_url, settings.sensor or url.hostname or "zeek",
-                           topics=(settings.zeek_topic,), ssl_context=context)
+                           topics=(settings.zeek_topic,), ssl_context=context, registry=registry)
 
 
-def _broker_source(settings: CollectorSettings) -> Source:
+def _broker_source(settings: CollectorSettings, registry: CollectorRegistry | None) -> Source:
     from headbits.collector.sources.broker import BrokerSource, BrokerTLS
 
     host, _, port = (settings.broker_address or "").rpartition(":")
@@ -105,7 +108,7 @@ def _broker_source(settings: CollectorSettings) -> Source:
     tls = BrokerTLS(disable=settings.broker_disable_tls, ca_file=settings.tls_ca_file or "",
                     certificate=settings.tls_cert_file or "", key=settings.tls_key_file or "")
     return BrokerSource(host, int(port), settings.sensor or host, topics=(settings.zeek_topic,),
-                        tls=tls)
+                        tls=tls, registry=registry)
 
 
 def split_items(items: list) -> tuple[list[PayloadHead], list[DeadLetter]]:
@@ -178,8 +181,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(CollectorSettings, args)
-    source = make_source(settings)
     runtime = Runtime("collector", settings)
+    try:
+        source = make_source(settings, runtime.metrics.registry)
+    except SettingsError:
+        runtime.close()
+        raise
     runtime.stop.install()
     runtime.ensure_topics([settings.heads_topic, settings.deadletter_topic])
     failed = True
