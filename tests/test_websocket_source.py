@@ -200,7 +200,9 @@ def test_an_unexpected_error_in_the_reader_is_logged_and_reconnects(serve, caplo
         return real_decode(message, sensor)
 
     monkeypatch.setattr(websocket, "decode_event", decode_with_one_bug)
-    heads = make_heads(2000)
+    # More than socket buffers hold, so the server still has heads to send after the reconnect
+    # (it sends through one cursor shared by its connections).
+    heads = make_heads(20_000)
     server = serve(data_messages(heads, TOPIC))
     source = WebSocketSource(server.url, "zeek-1", reconnect_initial=0.05)
     try:
