@@ -890,3 +890,19 @@ def test_the_rollout_controller_refuses_settings_it_cannot_work_with(
     result = helm("template", RELEASE, str(CHART), *DEFAULTS, *CONTROLLER, *extra)
     assert result.returncode != 0 and message in result.stderr
 
+
+def test_training_runs_write_tensorboard_files_that_a_deployment_reads(helm: Helm) -> None:
+    manifests = render(helm, *DEFAULTS, "--set", "trainer.tensorboard.enabled=true",
+                       "--set", "trainer.tensorboard.deployment.enabled=true")
+    trainer = next(c for v, c in headbits_containers(manifests) if v == "trainer")
+    settings = load_settings(DISCOVERED["trainer"], environ=env_of(trainer))
+    assert settings.tensorboard_dir == Path("/models/tensorboard")
+    (deployment,) = [m for m in of_kind(manifests, "Deployment")
+                     if m["metadata"]["labels"]["app.kubernetes.io/component"] == "tensorboard"]
+    (container,) = pod_spec(deployment)["containers"]
+    assert container["command"] == ["tensorboard"]
+    assert container["args"][:2] == ["--logdir", str(settings.tensorboard_dir)]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
+    assert mount["readOnly"] and str(settings.tensorboard_dir).startswith(mount["mountPath"])
+    validate_strictly([deployment, *of_kind(manifests, "Service")])
+

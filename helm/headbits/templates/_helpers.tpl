@@ -109,6 +109,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 The `headbits model` settings of the trainer and the rollout Job: the repository on the models
 volume, TF Serving's model name and base path, and the server to wait on during a promotion.
 */}}
+{{/* Where training runs write their TensorBoard event files: a folder of the models volume. */}}
+{{- define "headbits.tensorboardDir" -}}
+{{- printf "%s/%s" .Values.models.mountPath .Values.trainer.tensorboard.subPath }}
+{{- end }}
+
 {{- define "headbits.modelSettings" -}}
 models_dir: {{ .Values.models.mountPath | quote }}
 config_file: {{ printf "%s/%s" .Values.models.mountPath .Values.tfserving.modelConfigFile | quote }}
