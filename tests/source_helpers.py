@@ -1,10 +1,12 @@
-"""Helpers shared by the collector-source tests: heads to send, and reading them back."""
+"""Helpers shared by the source and pipeline tests: heads to send, and reading them back."""
 
 from __future__ import annotations
 
 import time
 
 from headbits.collector.sources.base import Source, SourceItem
+from headbits.common.avro import ValueCodec
+from headbits.common.kafka import KafkaSettings, Producer
 from headbits.common.records import PayloadHead
 
 
@@ -27,3 +29,12 @@ def read_until(source: Source, count: int, timeout: float = 30.0) -> list[Source
     while len(items) < count and time.monotonic() < deadline:
         items += source.read(1000, 0.2)
     return items
+
+
+def produce_heads(settings: KafkaSettings, topic: str, heads: list[PayloadHead]) -> None:
+    """Write heads to a Kafka topic as the collector does (Avro values keyed by uid)."""
+    codec = ValueCodec("payload_head", topic)
+    producer = Producer(settings)
+    producer.produce_many(topic, codec.encode_many([h.to_dict() for h in heads]),
+                          [h.uid for h in heads], codec.headers)
+    producer.flush()

@@ -14,24 +14,17 @@ import numpy as np
 import pytest
 
 from headbits.common.avro import ValueCodec
-from headbits.common.kafka import KafkaSettings, Producer, topic_config
+from headbits.common.kafka import Producer, topic_config
 from headbits.common.protocols import expected_protocol
 from headbits.common.records import PayloadHead
 from headbits.devtools.harness import ServiceProcess, Topics, read_topic
 from headbits.featurizer.bits import pack_heads
+from tests.source_helpers import produce_heads
 
 pytestmark = pytest.mark.kafka
 
 CAPTURES = ("ndpi/teams.pcap", "ndpi/wechat.pcap", "ndpi/netflix.pcap")
 MODEL_N = 16
-
-
-def produce_heads(settings: KafkaSettings, topic: str, heads: list[PayloadHead]) -> None:
-    codec = ValueCodec("payload_head", topic)
-    producer = Producer(settings)
-    producer.produce_many(topic, codec.encode_many([h.to_dict() for h in heads]),
-                          [h.uid for h in heads], codec.headers)
-    producer.flush()
 
 
 @pytest.fixture(scope="module")
