@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint bench env
+.PHONY: demo test lint bench env image
 
 env: $(STAMP)
 
@@ -31,3 +31,8 @@ bench: $(STAMP)
 	for script in featurize serving pipeline collector; do \
 		$(VENV)/bin/python bench/$$script.py || exit 1; done
 	$(VENV)/bin/python bench/pcap.py $(CORPUS)
+
+# One OCI image per service (Dockerfile targets), built with buildah (or docker); prints each
+# image's build time and size as JSON. IMAGE_TAG, BASE_IMAGE: see scripts/build-images.sh.
+image:
+	scripts/build-images.sh

@@ -1,5 +1,5 @@
-"""Helpers shared by the collector-source tests: heads to send, a running Zeek WebSocket
-stand-in, and reading heads back."""
+"""Helpers shared by the source and pipeline tests: heads to send, a running Zeek WebSocket
+stand-in, captures, and reading heads back."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 from headbits.collector.pcap import LINKTYPE_ETHERNET
 from headbits.collector.sources.base import Source, SourceItem
+from headbits.common.avro import ValueCodec
+from headbits.common.kafka import KafkaSettings, Producer
 from headbits.common.records import PayloadHead
 from headbits.devtools.zeek_replay import WebSocketReplayServer
 from tests.test_pcap import (
@@ -80,3 +82,12 @@ class RunningServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
+
+
+def produce_heads(settings: KafkaSettings, topic: str, heads: list[PayloadHead]) -> None:
+    """Write heads to a Kafka topic as the collector does (Avro values keyed by uid)."""
+    codec = ValueCodec("payload_head", topic)
+    producer = Producer(settings)
+    producer.produce_many(topic, codec.encode_many([h.to_dict() for h in heads]),
+                          [h.uid for h in heads], codec.headers)
+    producer.flush()

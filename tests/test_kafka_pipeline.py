@@ -20,6 +20,7 @@ from headbits.common.protocols import expected_protocol
 from headbits.common.records import PayloadHead
 from headbits.devtools.harness import ServiceProcess, Topics, read_topic
 from headbits.featurizer.bits import pack_heads
+from tests.source_helpers import produce_heads
 
 pytestmark = pytest.mark.kafka
 
@@ -33,13 +34,6 @@ def topic_config(settings: KafkaSettings, name: str, key: str) -> str:
     resource = ConfigResource(ConfigResource.Type.TOPIC, name)
     client = admin(settings)  # kept referenced until the future resolves
     return client.describe_configs([resource])[resource].result()[key].value
-
-def produce_heads(settings: KafkaSettings, topic: str, heads: list[PayloadHead]) -> None:
-    codec = ValueCodec("payload_head", topic)
-    producer = Producer(settings)
-    producer.produce_many(topic, codec.encode_many([h.to_dict() for h in heads]),
-                          [h.uid for h in heads], codec.headers)
-    producer.flush()
 
 
 @pytest.fixture(scope="module")
