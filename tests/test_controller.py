@@ -169,6 +169,8 @@ def test_decisions_are_pure_functions_of_the_figures():
     agreeing.add(scores(1, 100, 5, 10.0) + scores(2, 100, 5, 10.0))
     assert decide_canary(state, agreeing, 11 * 60, rules).action == "promote"
     assert decide_canary(state, agreeing, 5 * 60, rules).action == "wait"
+    drifted = decide_canary(state, agreeing, 11 * 60, rules, drifted=["protocol/dns"])
+    assert drifted.action == "hold" and "drifted" in drifted.why["reason"]
 
     # The same alert rate on other connections: 10 of 100 verdicts differ.
     elsewhere = scores(2, 100, 0, 10.0)

@@ -7,8 +7,10 @@ One pass of a control loop, meant to run every few minutes (the chart's `rollout
    so the scores topic holds both versions' verdicts on the same connections. Once the canary has
    been labelled for `soak_minutes` and scored at least `min_scored_rows` connections, it becomes
    `stable` if its alert rate stayed within `max_alert_rate_ratio` of stable's (plus
-   `alert_rate_slack`) and the two disagreed on at most `max_disagreement` of the connections
-   both scored. A canary that fails is held back (recorded, never promoted).
+   `alert_rate_slack`), the two disagreed on at most `max_disagreement` of the connections
+   both scored, and no scorer reported drift of the traffic meanwhile (traffic that moved
+   during the soak says nothing about the canary). A canary that fails is held back (recorded,
+   never promoted).
 2. **Rollback.** For `watch_minutes` after a promotion, the new stable's live alert rate is
    compared with what the previous stable had before the promotion; leaving that band (same
    ratio and slack) rolls `stable` back to the previous version.
@@ -24,27 +26,22 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from headbits.common.avro import DecodeError, ValueCodec, open_registry
-from headbits.common.kafka import (
-    KafkaConnection,
-    ScoresTopic,
-    read_offset_ranges,
-    window_offsets,
-)
+from headbits.common.kafka import DriftTopic, KafkaConnection, ScoresTopic
 from headbits.common.logs import LogLines, configure_logging, fields
 from headbits.common.model_repository import RepositoryError, RolloutState
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
+from headbits.common.topic_window import decoded_since
 from headbits.trainer.rollout import ModelSettings, Repository
 
 STABLE, CANARY = "stable", "canary"
 
 
 @dataclass(frozen=True)
-class ControllerSettings(ModelSettings, KafkaConnection, ScoresTopic):
+class ControllerSettings(ModelSettings, KafkaConnection, ScoresTopic, DriftTopic):
     """Where the scores are, the model repository, and the margins of each decision."""
 
     soak_minutes: float = setting(60.0, "a canary is shadow-scored this long before promotion")
@@ -115,8 +112,10 @@ def labelled_at(state: RolloutState, label: str, version: int) -> float | None:
 
 
 def decide_canary(state: RolloutState, canary_figures: ScoreFigures, now: float,
-                  settings: ControllerSettings) -> Decision:
-    """Promote, hold or wait for the canary, from the scores since it was labelled."""
+                  settings: ControllerSettings, drifted: Sequence[str] = ()) -> Decision:
+    """Promote, hold or wait for the canary, from the scores since it was labelled and the
+    slices (`drifted`, "kind/key") whose drift crossed its threshold meanwhile: traffic that
+    moved during the soak says nothing about the canary, so it is held."""
     canary, stable = state.labels.get(CANARY), state.labels.get(STABLE)
     if canary is None or stable is None or canary == stable:
         return Decision("none", canary, {"reason": "no canary beside a different stable"})
@@ -129,7 +128,7 @@ def decide_canary(state: RolloutState, canary_figures: ScoreFigures, now: float,
         "soaked_minutes": round(soaked, 1), "canary_scored": candidate.scored,
         "canary_alert_rate": candidate.alert_rate, "stable_scored": reference.scored,
         "stable_alert_rate": reference.alert_rate, "scored_by_both": both,
-        "disagreement": disagreement,
+        "disagreement": disagreement, "drifted_slices": sorted(drifted),
     }
     if soaked < settings.soak_minutes or min(candidate.scored, both) < settings.min_scored_rows:
         return Decision("wait", canary, {**why, "reason": "still soaking"})
@@ -138,6 +137,8 @@ def decide_canary(state: RolloutState, canary_figures: ScoreFigures, now: float,
         failures.append("alert rate above stable's band")
     if disagreement > settings.max_disagreement:
         failures.append(f"disagreement over {settings.max_disagreement}")
+    if drifted:
+        failures.append("traffic drifted during the soak")
     if failures:
         return Decision("hold", canary, {**why, "reason": "; ".join(failures)})
     return Decision("promote", canary, {**why, "reason": "soaked within every margin"})
@@ -169,21 +170,21 @@ def read_scores(settings: ControllerSettings, since: float, until: float | None 
                 ) -> ScoreFigures:
     """Figures of the score records whose connection time is in [since, until)."""
     figures = ScoreFigures()
-    codec = ValueCodec("score", settings.scores_topic, open_registry(settings))
     # Kafka timestamps trail connection times: read from a little earlier, filter by `ts`.
-    ranges = window_offsets(settings, settings.scores_topic, int((since - 300) * 1000))
-    for messages in read_offset_ranges(settings, settings.scores_topic, ranges,
-                                       settings.read_batch_size):
-        records = []
-        for message in messages:
-            try:
-                record = codec.decode(message.value(), message.headers())
-            except DecodeError:
-                continue  # the scorer writes this topic; a stray value is not ours to judge
-            if record["ts"] >= since and (until is None or record["ts"] < until):
-                records.append(record)
-        figures.add(records)
+    for records in decoded_since(settings, settings.scores_topic, "score", since - 300,
+                                 settings.read_batch_size):
+        figures.add(r for r in records
+                    if r["ts"] >= since and (until is None or r["ts"] < until))
     return figures
+
+
+def drift_crossings(settings: KafkaConnection, drift_topic: str, version: int | None,
+                    since: float) -> list[dict]:
+    """Drift records since `since` of `version` (None: any) whose slice crossed its threshold."""
+    return [record
+            for records in decoded_since(settings, drift_topic, "drift", since)
+            for record in records
+            if record["crossed"] and (version is None or record["model_version"] == version)]
 
 
 def control_once(settings: ControllerSettings, now: float | None = None) -> list[Decision]:
@@ -207,7 +208,10 @@ def control_once(settings: ControllerSettings, now: float | None = None) -> list
         canary = state.labels.get(CANARY)
         since = labelled_at(state, CANARY, canary) if canary is not None else None
         figures = read_scores(settings, since) if since is not None else ScoreFigures()
-        canary_decision = decide_canary(state, figures, now, settings)
+        drifted = [] if since is None else sorted({
+            f"{d['kind']}/{d['key']}"
+            for d in drift_crossings(settings, settings.drift_topic, stable, since)})
+        canary_decision = decide_canary(state, figures, now, settings, drifted)
         decisions.append(canary_decision)
         if canary_decision.action == "promote":
             repository.promote(canary_decision.version, STABLE, canary_decision.why)

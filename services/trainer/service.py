@@ -52,6 +52,7 @@ from headbits.common.settings import (
     setting,
     settings_from_args,
 )
+from headbits.trainer.controller import drift_crossings
 from headbits.trainer.dataset import LabelledHeads
 from headbits.trainer.gate import GateSettings, failing_metrics, gate_failures, holdout_metrics
 from headbits.trainer.rollout import ModelSettings, Repository
@@ -230,32 +231,13 @@ class Candidate:
         }
 
 
-def drift_crossings(settings: TrainerSettings, stable_version: int | None, since: float
-                    ) -> list[dict]:
-    """Drift records of the stable version since `since` whose slice crossed its threshold."""
-    codec = ValueCodec("drift", settings.drift_topic, open_registry(settings))
-    ranges = window_offsets(settings, settings.drift_topic, int(since * 1000))
-    crossed = []
-    for messages in read_offset_ranges(settings, settings.drift_topic, ranges,
-                                       settings.read_batch_size):
-        for message in messages:
-            try:
-                record = codec.decode(message.value(), message.headers())
-            except DecodeError:
-                continue  # the scorers write this topic; a stray value decides nothing
-            if record["crossed"] and (stable_version is None
-                                      or record["model_version"] == stable_version):
-                crossed.append(record)
-    return crossed
-
-
 def retrain(settings: TrainerSettings, log: logging.Logger) -> int:
     from headbits.trainer.train import train_and_export
 
     if settings.only_on_drift:
         stable_version = read_state(settings.config_file).labels.get(STABLE)
         since = time.time() - settings.window_hours * 3600
-        crossings = drift_crossings(settings, stable_version, since)
+        crossings = drift_crossings(settings, settings.drift_topic, stable_version, since)
         if not crossings:
             log.info("no drift of the stable version in the window: nothing to retrain",
                      extra=fields(stable=stable_version, drift_topic=settings.drift_topic))

@@ -201,7 +201,7 @@ settings class has exactly these topic settings (services/<stage>/service.py).
   "featurizer" (dict "topics" (list "heads" "features" "deadletter") "createsTopics" true)
   "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter" "drift") "createsTopics" true)
   "trainer" (dict "topics" (list "features" "drift") "createsTopics" false)
-  "rollout" (dict "topics" (list "scores") "createsTopics" false) }}
+  "rollout" (dict "topics" (list "scores" "drift") "createsTopics" false) }}
 {{- toYaml (index $uses .) }}
 {{- end }}
 

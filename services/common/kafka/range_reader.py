@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import confluent_kafka
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from headbits.common.kafka.client_log import client_log_config
 from headbits.common.kafka.settings import KafkaConnection, connection_config
@@ -20,12 +20,14 @@ Message = confluent_kafka.Message
 
 
 def window_offsets(
-    settings: KafkaConnection, topic: str, since_ms: int, timeout: float = 10.0
+    settings: KafkaConnection, topic: str, since_ms: int, timeout: float = 10.0,
+    missing_ok: bool = False,
 ) -> dict[int, tuple[int, int]]:
     """Partition -> (first offset whose timestamp is >= `since_ms`, end offset now).
 
     A partition with no record that recent gets (end, end). Records appended after this call are
     beyond the end offsets, so reading these ranges ends even while producers keep writing.
+    With `missing_ok`, a topic that does not exist (yet) is an empty window, not an error.
     """
     probe = confluent_kafka.Consumer({
         **connection_config(settings), **client_log_config(), "group.id": "headbits-probe",
@@ -33,6 +35,8 @@ def window_offsets(
     try:
         metadata = probe.list_topics(topic, timeout=timeout).topics[topic]
         if metadata.error is not None:
+            if missing_ok and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return {}
             raise KafkaException(metadata.error)
         ends = {
             partition: probe.get_watermark_offsets(TopicPartition(topic, partition), timeout)[1]
