@@ -60,3 +60,16 @@ def test_the_check_sees_lazy_imports(tmp_path: Path) -> None:
     module = tmp_path / "lazy.py"
     module.write_text("def f():\n    from headbits.devtools.harness import Topics\n")
     assert "headbits.devtools.harness" in imported_modules(module)
+
+
+def test_every_package_of_the_tree_is_in_the_wheel() -> None:
+    """The wheel (and so every image) lists its packages in pyproject.toml: a new package folder
+    missing there works in the editable install and is absent everywhere else."""
+    import tomllib
+
+    listed = set(tomllib.loads((SERVICES.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    tree = {"headbits" + "".join(f".{part}" for part in init.parent.relative_to(SERVICES).parts)
+            for init in SERVICES.rglob("__init__.py")}
+    assert tree == listed, f"missing: {sorted(tree - listed)}, stale: {sorted(listed - tree)}"
+
