@@ -504,7 +504,8 @@ def test_rendered_tf_serving_starts_on_the_standin_and_its_probes_mean_ready(
     refused = subprocess.run([*command, *without_flag], check=False, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 1
-    assert re.search(r"Request to assign label to version [34] of model headbits", refused.stdout)
+    assert re.search(r"Request to assign label to version [34] of model headbits, which is not "
+                     "currently available", refused.stdout), refused.stdout
 
     process = subprocess.Popen([*command, *args], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
