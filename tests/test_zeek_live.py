@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from headbits.collector.sources.websocket import WebSocketSource
-from headbits.common.pipeline import ServiceProcess, Topics, read_topic
+from headbits.devtools.harness import ServiceProcess, Topics, read_topic
 from tests.zeek_support import (
     Control,
     dump_heads,
