@@ -23,7 +23,6 @@ from headbits.devtools.tfserving_standin import StandinServer, standin_settings
 from headbits.scorer.tfserving import TFServingBackend
 from headbits.trainer.controller import (
     ControllerSettings,
-    Decision,
     ScoreFigures,
     control_once,
     decide_canary,
@@ -184,4 +183,4 @@ def test_decisions_are_pure_functions_of_the_figures():
 
     never_promoted = RolloutState(labels={"stable": 1})
     assert decide_stable(never_promoted, agreeing, agreeing, 0.0, rules).action == "none"
-    assert isinstance(decide_canary(never_promoted, agreeing, 0.0, rules), Decision)
+    assert decide_canary(never_promoted, agreeing, 0.0, rules).action == "none", "no canary"
