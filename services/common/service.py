@@ -48,6 +48,9 @@ class ServiceSettings(KafkaConnection, TopicCreation, ProducerBuffer, DeadLetter
     group_id: str = setting("", "consumer group (default: headbits-<service>)")
     batch_size: int = setting(2000, "largest batch consumed, transformed and produced at once")
     batch_timeout_ms: int = setting(50, "longest wait for a batch to fill (adds to latency)")
+    commit_interval_ms: int = setting(
+        5000, "how often acknowledged offsets are committed: a crash replays up to this long of "
+              "input (duplicates downstream), and operators' lag is this stale")
     metrics_host: str = setting("0.0.0.0", "address of the /metrics and /healthz server")
     metrics_port: int = setting(9100, "port of /metrics and /healthz (0: any free, -1: off)")
     log_level: str = setting("info", "debug, info, warning or error")
@@ -206,6 +209,7 @@ def run_stage(stage: Stage, settings: ServiceSettings, input_topic: str) -> int:
     consumer = Consumer(
         settings, settings.group_id or f"headbits-{stage.name}", [input_topic],
         on_lag=runtime.metrics.consumer_lag.set,
+        **{"auto.commit.interval.ms": settings.commit_interval_ms},
     )
     runtime.log.info("started", extra=fields(
         input=input_topic, outputs=sorted(outputs), metrics_port=runtime.metrics_port,

@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from headbits.devtools.jvm import (
     find_java,
     free_port,
     maven,
+    reap,
 )
 
 KAFKA_VERSION = "4.4.0"
@@ -175,6 +177,15 @@ class DevKafka(JavaServer):
                    run_dir=Path(state["run_dir"]), version=state["version"])
 
 
+def _java(run_dir: Path, version: str) -> list[str]:
+    """The JVM command line (without the main class) the broker and its tools run with."""
+    return [
+        find_java("Kafka 4", DevKafkaError), HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={run_dir / 'log4j2.yaml'}",
+        f"-Dkafka.logs.dir={run_dir}", "-cp", f"{fetch_jars(version)}/*",
+    ]
+
+
 def start(
     run_dir: Path | None = None,
     version: str = KAFKA_VERSION,
@@ -182,9 +193,6 @@ def start(
     timeout: float = 90.0,
 ) -> DevKafka:
     """Format a fresh KRaft log dir, start the broker detached and wait until it answers."""
-    from headbits.common.kafka import wait_for_cluster
-
-    lib = fetch_jars(version)
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="headbits-kafka-"))
     shutil.rmtree(run_dir / "data", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,24 +200,27 @@ def start(
     config = run_dir / "server.properties"
     config.write_text(_server_properties(run_dir, port, controller_port, partitions))
     (run_dir / "log4j2.yaml").write_text(_LOG4J2)
-    java = [
-        find_java("Kafka 4", DevKafkaError), HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={run_dir / 'log4j2.yaml'}",
-        f"-Dkafka.logs.dir={run_dir}", "-cp", f"{lib}/*",
-    ]
     formatted = subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+        [*_java(run_dir, version), "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
+         "-c", str(config)],
         capture_output=True, text=True, check=False,
     )
     if formatted.returncode != 0:
         raise DevKafkaError(f"kafka-storage format failed: {formatted.stderr or formatted.stdout}")
+    return _launch(run_dir, version, f"127.0.0.1:{port}", timeout)
+
+
+def _launch(run_dir: Path, version: str, bootstrap_servers: str, timeout: float) -> DevKafka:
+    """Start the broker of a formatted `run_dir` detached and wait until it answers."""
+    from headbits.common.kafka import wait_for_cluster
+
     with (run_dir / "stdout.log").open("ab") as out:
         process = subprocess.Popen(
-            [*java, "kafka.Kafka", str(config)],
+            [*_java(run_dir, version), "kafka.Kafka", str(run_dir / "server.properties")],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    broker = DevKafka(bootstrap_servers=f"127.0.0.1:{port}", pid=process.pid, run_dir=run_dir,
+    broker = DevKafka(bootstrap_servers=bootstrap_servers, pid=process.pid, run_dir=run_dir,
                       version=version)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -221,6 +232,21 @@ def start(
             return broker
     broker.stop(remove=False)
     raise DevKafkaError(f"Kafka did not answer within {timeout:.0f} s; see {run_dir}/server.log")
+
+
+def stop_broker(broker: DevKafka, kill: bool = False, timeout: float = 30.0) -> None:
+    """Take the broker down and keep its files: SIGTERM (controlled shutdown) or SIGKILL (a
+    crash: the log dir is recovered at the next start)."""
+    if kill and broker.is_alive():
+        os.kill(broker.pid, signal.SIGKILL)
+        reap(broker.pid, block=True)
+    broker.stop(timeout, remove=False)
+
+
+def resume(broker: DevKafka, timeout: float = 90.0) -> DevKafka:
+    """Start a stopped broker again on the same ports and log dir (what a restarted pod does):
+    its topics, records and committed offsets are still there."""
+    return _launch(broker.run_dir, broker.version, broker.bootstrap_servers, timeout)
 
 
 def _state_file() -> Path:
