@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -392,7 +393,7 @@ def check_invariants(observed: Observed, uids: set[str], bad_keys: set[str],
 def run_once(pipeline: FaultPipeline, run: int, kind: str | None, rng: np.random.Generator,
              heads: int, rate: float, recovery_timeout: float = 240.0) -> RunResult:
     """Replay `heads` fresh heads at `rate` per second through the collector, inject `kind` (or
-    none: the overload run uses this too) at a random point, and check the invariants."""
+    no fault) at a random point, and check the invariants."""
     prefix = f"R{run:03d}{uuid.uuid4().hex[:4]}-"
     entered = synthetic_heads(prefix, heads, rng)
     heads_file = pipeline.work_dir / f"{prefix}heads.avro"
@@ -419,23 +420,72 @@ def run_once(pipeline: FaultPipeline, run: int, kind: str | None, rng: np.random
         raise InvariantError(f"run {run}: the collector did not finish cleanly "
                              f"({collector.process.poll()}):\n{collector.log_tail()}")
     collector.stop()
+    del pipeline.services["collector"]
     if kind is None:
         recovery_s = wait_recovered(pipeline, recovery_timeout)
-    uids = {head.uid for head in entered}
-    deadline = time.monotonic() + recovery_timeout
+    heads_file.unlink()
+    return settle(pipeline, run, kind or "none", prefix, {head.uid for head in entered},
+                  bad_keys, started, fault_s, recovery_s, recovery_timeout)
+
+
+def overload_run(pipeline: FaultPipeline, run: int, rng: np.random.Generator, rate: float,
+                 seconds: float, recovery_timeout: float = 900.0) -> RunResult:
+    """Produce fresh heads straight into the heads topic at up to `rate` per second for
+    `seconds` (generated as they go, so the burst's size is not bounded by this process's
+    memory), then time the lag's recovery and check the invariants. The fault is named
+    `overload-<achieved rate>/s`."""
+    prefix = f"O{run:03d}{uuid.uuid4().hex[:4]}-"
+    bad_keys = produce_bad_records(pipeline, prefix, BAD_RECORDS)
+    topic = pipeline.topics["heads"]
+    codec = ValueCodec("payload_head", topic)
+    producer = Producer(pipeline.topics.settings)
+    uids: set[str] = set()
+    burst_rng = np.random.default_rng(rng.integers(2**32))
+
+    def burst() -> None:
+        began = time.monotonic()
+        tick = 0
+        while (elapsed := time.monotonic() - began) < seconds:
+            due = int(rate * min(elapsed + 0.1, seconds)) - len(uids)
+            if due > 0:
+                chunk = synthetic_heads(f"{prefix}{tick:05d}-", due, burst_rng)
+                producer.produce_many(topic, codec.encode_many([h.to_dict() for h in chunk]),
+                                      [h.uid for h in chunk], codec.headers)
+                uids.update(head.uid for head in chunk)
+                tick += 1
+            producer.poll(0)
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - began - elapsed)))
+        producer.flush()
+
+    pipeline.rss_peaks.clear()
+    started = time.monotonic()
+    producing = threading.Thread(target=burst, name="overload")
+    producing.start()
+    while producing.is_alive():
+        pipeline.wait(0.5)
+    achieved = len(uids) / (time.monotonic() - started)
+    recovery_s = wait_recovered(pipeline, recovery_timeout)
+    return settle(pipeline, run, f"overload-{achieved:.0f}/s", prefix, uids, bad_keys, started,
+                  time.monotonic() - started - recovery_s, recovery_s, recovery_timeout)
+
+
+def settle(pipeline: FaultPipeline, run: int, fault: str, prefix: str, uids: set[str],
+           bad_keys: set[str], started: float, fault_s: float, recovery_s: float,
+           timeout: float) -> RunResult:
+    """Wait until every uid is scored and every bad record dead-lettered (or `timeout`), then
+    read the run's figures and the invariants' violations."""
+    observed = pipeline.tail.observed
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not (
-        uids <= set(pipeline.tail.observed.scored)
-        and len({k for k, _ in pipeline.tail.observed.dead_letters if k.startswith(prefix)})
-        >= len(bad_keys)
+        uids <= set(observed.scored)
+        and len({k for k, _ in observed.dead_letters if k.startswith(prefix)}) >= len(bad_keys)
     ):
         pipeline.wait(1.0)
     seconds = time.monotonic() - started
-    pipeline.wait(1.0)
-    heads_file.unlink()
-    observed = pipeline.tail.observed
+    pipeline.wait(1.0)  # a late duplicate still counts
     alerted = {uid: values for uid, values in observed.alerts.items() if uid.startswith(prefix)}
     return RunResult(
-        run=run, fault=kind or "none", uids_in=len(uids),
+        run=run, fault=fault, uids_in=len(uids),
         uids_lost=len(uids - set(observed.scored)), fault_s=round(fault_s, 1),
         recovery_s=round(recovery_s, 1), alerts=sum(map(len, alerted.values())),
         duplicate_alerts=sum(len(values) - 1 for values in alerted.values()),
@@ -525,9 +575,11 @@ def summary(results: list[RunResult], overload: RunResult | None) -> dict:
         "duplicate_alert_ratio": round(
             sum(result.duplicate_alerts for result in every) / alerts, 4) if alerts else 0.0,
         "overload_peak_rss_mb": max(
-            mb for name, mb in overload.peak_rss_mb.items() if name in NON_TENSORFLOW
-        ) if overload else None,
+            (mb for name, mb in overload.peak_rss_mb.items() if name in NON_TENSORFLOW),
+            default=None) if overload else None,
         "overload_recovery_s": overload.recovery_s if overload else None,
+        "peak_rss_mb": {name: max(result.peak_rss_mb.get(name, 0.0) for result in every)
+                        for name in (*NON_TENSORFLOW, "scorer")},
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 from headbits.devtools.faults import (
     FAULT_KINDS,
     LAG_RECOVERED,
-    NON_TENSORFLOW,
+    overload_run,
     run_once,
     run_trainer,
 )
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
 RATE = 150  # heads per second the pipeline sustains here with room to spare
 SHORT_HEADS = 1500
-OVERLOAD_FACTOR = 10
+OVERLOAD_RATE = 25_000
 RSS_LIMIT_MB = 200
 
 
@@ -32,7 +32,7 @@ def assert_kept(result) -> None:
 
 
 def test_random_faults_keep_the_invariants(pipeline, rng):
-    kinds = [str(kind) for kind in rng.choice(FAULT_KINDS, size=3, replace=False)]
+    kinds = [str(kind) for kind in rng.choice(FAULT_KINDS, size=2, replace=False)]
     for run, kind in enumerate(kinds):
         result = run_once(pipeline, run, kind, rng, SHORT_HEADS, RATE)
         print(result)
@@ -51,16 +51,16 @@ def test_every_fault_kind_keeps_the_invariants(pipeline, rng, kind, repeat):
 
 
 def test_overload_keeps_memory_bounded_and_recovers(pipeline, rng):
-    """10x the runs' rate for 6 s (60 s in bench/faults.py): nothing lost, memory bounded."""
-    burst_s = 6
-    result = run_once(pipeline, 900, None, rng, OVERLOAD_FACTOR * RATE * burst_s,
-                      OVERLOAD_FACTOR * RATE)
+    """About 10x the pipeline's throughput here (~2,500 heads/s end to end) for 2 s straight into
+    the heads topic (60 s in bench/faults.py): nothing lost, the featurizer's memory bounded, lag
+    back under 1,000 records."""
+    result = overload_run(pipeline, 900, rng, OVERLOAD_RATE, seconds=2)
     print(result)
     assert_kept(result)
-    assert set(result.peak_rss_mb) >= set(NON_TENSORFLOW)
-    for name in NON_TENSORFLOW:
-        assert 0 < result.peak_rss_mb[name] <= RSS_LIMIT_MB, result.peak_rss_mb
-    assert result.recovery_s < 120, f"lag took {result.recovery_s} s to fall under {LAG_RECOVERED}"
+    assert result.uids_in >= OVERLOAD_RATE, "the burst produced less than half its target"
+    assert 0 < result.peak_rss_mb["featurizer"] <= RSS_LIMIT_MB, result.peak_rss_mb
+    assert result.recovery_s > 0, "no backlog built up: this was no overload"
+    assert result.recovery_s < 180, f"lag took {result.recovery_s} s to fall under {LAG_RECOVERED}"
 
 
 def test_an_unwritable_model_repository_fails_the_trainer_and_changes_nothing(pipeline, rng):
