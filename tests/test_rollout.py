@@ -164,3 +164,52 @@ def test_refusals_name_the_problem(tmp_path, models_dir, capsys):
     state_path(config).write_text("{not json")
     assert model(["list"], models_dir, config) == 1
     assert "unreadable rollout state" in capsys.readouterr().err
+
+
+def test_promote_and_status_over_mutual_tls(tmp_path, models_dir, capsys):
+    """`headbits model` reaches a TF Serving that requires TLS and client certificates with the
+    scorer's settings (`--serving-tls`, CA, client certificate and key); without its client
+    certificate the same promotion is refused and the labels stay where they were."""
+    from headbits.devtools.certificates import make_pki
+
+    pki = make_pki(tmp_path / "pki", clients=("model",))
+    config = tmp_path / "models.config"
+    assert model(["config"], models_dir, config) == 0
+    server = StandinServer(standin_settings(
+        config, model_config_file_poll_wait_seconds=0,
+        ssl_server_cert_file=pki.server.cert_file, ssl_server_key_file=pki.server.key_file,
+        ssl_custom_ca_file=pki.ca_file, ssl_client_verify=True)).start()
+    client = pki.clients["model"]
+    rpc = ["--server", server.target, "--reload-via-rpc", "true", "--wait-seconds", "5"]
+    tls = ["--serving-tls", "true", "--serving-ca-file", str(pki.ca_file)]
+    mutual = [*tls, "--serving-cert-file", str(client.cert_file),
+              "--serving-key-file", str(client.key_file)]
+    try:
+        capsys.readouterr()
+        assert model(["promote", "1"], models_dir, config, *rpc, *tls) == 1
+        assert "refused the config: UNAVAILABLE" in capsys.readouterr().err
+        assert read_state(config).labels == {}
+
+        assert model(["promote", "1"], models_dir, config, *rpc, *mutual) == 0
+        assert model(["promote", "2", "--label", "canary"], models_dir, config, *rpc,
+                      *mutual) == 0
+        capsys.readouterr()
+        assert model(["status"], models_dir, config, "--server", server.target, *mutual) == 0
+        out = capsys.readouterr().out
+        report = json.loads(out[out.index('{\n  "server"'):])["server"]
+        assert report["labels"] == {"stable": 1, "canary": 2}
+
+        plaintext = ["--server", server.target]
+        assert model(["status"], models_dir, config, *plaintext) == 0
+        out = capsys.readouterr().out
+        assert "UNAVAILABLE" in json.loads(out[out.index('{\n  "server"'):])["server"]["error"]
+    finally:
+        server.stop(grace=None)
+
+
+def test_tls_files_without_the_switch_are_refused(tmp_path, models_dir, capsys):
+    config = tmp_path / "models.config"
+    assert model(["status"], models_dir, config, "--server", "127.0.0.1:1",
+                 "--serving-ca-file", str(tmp_path / "ca.pem")) == 2
+    assert "need --serving-tls true" in capsys.readouterr().err
+    assert not config.exists()

@@ -36,6 +36,7 @@ from headbits.common.service import (
     Transformed,
     run_stage,
 )
+from headbits.common.serving_tls import ServingTLS
 from headbits.common.settings import (
     SettingsError,
     add_settings_arguments,
@@ -65,7 +66,8 @@ from headbits.scorer.zeek_notices import ZeekAlertPublisher
 
 
 @dataclass(frozen=True)
-class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, DriftTopic):
+class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, DriftTopic,
+                     ServingTLS):
     backend: str = setting("inprocess", "inprocess (SavedModel in this process) or tfserving")
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"
@@ -76,14 +78,6 @@ class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, D
     serving_model_name: str = setting(MODEL_NAME, "tfserving: the model's name in TF Serving")
     serving_deadline_seconds: float = setting(
         10.0, "tfserving: deadline of one Predict; past it the call is retried, then the batch")
-    serving_tls: bool = setting(False, "tfserving: TLS to TF Serving (its --ssl_config_file)")
-    serving_ca_file: Path | None = setting(
-        None, "tfserving TLS: CA that signed the server's certificate (unset: system roots)")
-    serving_cert_file: Path | None = setting(
-        None, "tfserving TLS: client certificate, for mutual TLS (client_verify)")
-    serving_key_file: Path | None = setting(None, "tfserving TLS: the client certificate's key")
-    serving_server_name: str | None = setting(
-        None, "tfserving TLS: name to verify in the server's certificate (unset: the host)")
     version_label: str = setting("stable", "tfserving: the version label to score with")
     shadow_label: str | None = setting(
         None, "tfserving: also score with this label (e.g. canary); its scores go to the scores "
@@ -324,15 +318,9 @@ def make_backend(settings: ScorerSettings) -> ScoringBackend:
 
         return SavedModelBackend(resolve_version_dir(settings.model_dir))
     if settings.backend == "tfserving":
-        from headbits.scorer.tfserving import TFServingBackend, TLSFiles
+        from headbits.scorer.tfserving import TFServingBackend
 
-        tls = None
-        if settings.serving_tls:
-            tls = TLSFiles(settings.serving_ca_file, settings.serving_cert_file,
-                           settings.serving_key_file, settings.serving_server_name)
-        elif settings.serving_cert_file or settings.serving_ca_file:
-            raise SettingsError("--serving-ca-file/--serving-cert-file need --serving-tls true "
-                                "(HEADBITS_SERVING_TLS)")
+        tls = settings.serving_tls_files()
         return TFServingBackend(settings.serving_target, settings.serving_model_name,
                                 version_label=settings.version_label,
                                 deadline_seconds=settings.serving_deadline_seconds, tls=tls)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -35,6 +33,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from headbits.common.serving_tls import TLSFiles
+from headbits.common.serving_tls import open_channel as serving_channel
 from headbits.featurizer.bits import HeadBatch
 from headbits.scorer.backend import (
     INPUT_HEAD_BYTES,
@@ -130,26 +130,6 @@ def tensor_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
     return values.reshape(shape)
 
 
-@dataclass(frozen=True, slots=True)
-class TLSFiles:
-    """PEM files for a TLS channel; without a CA file the system roots are used."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    server_name: str | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        def read(path: Path | None) -> bytes | None:
-            return path.read_bytes() if path else None
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca_file),
-            private_key=read(self.key_file),
-            certificate_chain=read(self.cert_file),
-        )
-
-
 def open_channel(
     target: str, tls: TLSFiles | None = None, max_message_bytes: int = 256 << 20
 ) -> grpc.Channel:
@@ -166,11 +146,7 @@ def open_channel(
         # each TF Serving pod); gRPC's default, pick_first, pins a scorer to one pod.
         ("grpc.lb_policy_name", "round_robin"),
     ]
-    if tls is None:
-        return grpc.insecure_channel(target, options=options)
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.secure_channel(target, tls.credentials(), options=options)
+    return serving_channel(target, tls, options)
 
 
 class TFServingBackend(ScoringBackend):

@@ -43,13 +43,14 @@ from headbits.common.model_repository import (
     state_path,
     write_atomically,
 )
+from headbits.common.serving_tls import ServingTLS, TLSFiles, open_channel
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 
 BATCHING_FILE = resources.files("headbits.scorer") / "batching.config"
 
 
 @dataclass(frozen=True)
-class ModelSettings(RepositoryLocation):
+class ModelSettings(RepositoryLocation, ServingTLS):
     model_name: str = setting("headbits", "model name in TF Serving")
     config_file: Path = setting(
         Path("models/models.config"), "TF Serving model_config_file this command writes"
@@ -92,7 +93,7 @@ class Repository:
         config = model_server_config(self.settings.model_name, self.base_path, versions, labels)
         write_atomically(self.settings.config_file, config_text(config))
         if self.settings.reload_via_rpc:
-            reload_config(self._server(), config)
+            reload_config(self._server(), config, self.settings.serving_tls_files())
 
     def save_state(self) -> None:
         text = json.dumps(self.state.to_dict(), indent=2) + "\n"
@@ -170,7 +171,8 @@ class Repository:
             return
         deadline = time.monotonic() + self.settings.wait_seconds
         while time.monotonic() < deadline:
-            if version_state(self._server(), self.settings.model_name, version) == "AVAILABLE":
+            if version_state(self._server(), self.settings.model_name, version,
+                             self.settings.serving_tls_files()) == "AVAILABLE":
                 return
             time.sleep(0.2)
         raise RepositoryError(
@@ -184,7 +186,8 @@ class Repository:
         return self.settings.server
 
 
-def version_state(target: str, model_name: str, version: int) -> str | None:
+def version_state(target: str, model_name: str, version: int,
+                  tls: TLSFiles | None = None) -> str | None:
     """The version's state name from GetModelStatus, or None if the server does not know it."""
     import grpc
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
@@ -192,7 +195,7 @@ def version_state(target: str, model_name: str, version: int) -> str | None:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = model_name
     request.model_spec.version.value = version
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, tls) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         try:
             response = stub.GetModelStatus(request, timeout=10)
@@ -204,7 +207,8 @@ def version_state(target: str, model_name: str, version: int) -> str | None:
     return states.Name(response.model_version_status[0].state)
 
 
-def server_status(target: str, model_name: str, labels: list[str]) -> dict:
+def server_status(target: str, model_name: str, labels: list[str],
+                  tls: TLSFiles | None = None) -> dict:
     """Every version's state and the version each label answers with, as the server sees it."""
     import grpc
     from tensorflow_serving.apis import (
@@ -218,7 +222,7 @@ def server_status(target: str, model_name: str, labels: list[str]) -> dict:
     status_request.model_spec.name = model_name
     states = get_model_status_pb2.ModelVersionStatus.State
     report: dict = {"versions": {}, "labels": {}}
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, tls) as channel:
         models = model_service_pb2_grpc.ModelServiceStub(channel)
         predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         try:
@@ -241,13 +245,13 @@ def server_status(target: str, model_name: str, labels: list[str]) -> dict:
     return report
 
 
-def reload_config(target: str, config) -> None:
+def reload_config(target: str, config, tls: TLSFiles | None = None) -> None:
     """Push a config with ModelService.HandleReloadConfigRequest; raise if the server refuses."""
     import grpc
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
     request = model_management_pb2.ReloadConfigRequest(config=config)
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, tls) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         try:
             stub.HandleReloadConfigRequest(request, timeout=600)
@@ -297,6 +301,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(ModelSettings, args)
+    tls = settings.serving_tls_files()  # refuses TLS files without the switch, before any write
     try:
         repository = Repository(settings)
         if args.action == "list":
@@ -320,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"state": repository.state.to_dict(), "loaded":
                               repository.state.loaded()}, indent=2))
             if settings.server:
-                report = server_status(settings.server, settings.model_name, list(LABELS))
+                report = server_status(settings.server, settings.model_name, list(LABELS), tls)
                 print(json.dumps({"server": report}, indent=2))
     except RepositoryError as error:
         print(f"headbits model {args.action}: {error}", file=sys.stderr)
