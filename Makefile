@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint bench env image
+.PHONY: demo test lint bench env image audit
 
 env: $(STAMP)
 
@@ -36,3 +36,8 @@ bench: $(STAMP)
 # image's build time and size as JSON. IMAGE_TAG, BASE_IMAGE: see scripts/build-images.sh.
 image:
 	scripts/build-images.sh
+
+# A CycloneDX SBOM of the environment and a known-vulnerability audit (pip-audit), both in
+# build/audit/; exit 1: a known vulnerability, 2: a dependency could not be audited.
+audit: $(STAMP)
+	$(VENV)/bin/python scripts/audit.py build/audit
