@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaException
+
 from headbits.common.avro import DecodeError, ValueCodec, open_registry
 from headbits.common.kafka import (
     Consumer,
@@ -31,6 +33,7 @@ from headbits.common.kafka import (
     ensure_topics,
 )
 from headbits.common.kafka.client_log import count_client_events
+from headbits.common.kafka.consumer import REFUSED
 from headbits.common.logs import configure_logging, fields
 from headbits.common.metrics import Health, ServiceMetrics, serve
 from headbits.common.readiness import KafkaReadiness
@@ -216,6 +219,7 @@ def run_stage(stage: Stage, settings: ServiceSettings, input_topic: str) -> int:
         bootstrap_servers=settings.bootstrap_servers,
     ))
     in_flight: InFlight | None = None
+    refused = False
     try:
         while not runtime.stop.stopping:
             runtime.health.beat()
@@ -226,14 +230,24 @@ def run_stage(stage: Stage, settings: ServiceSettings, input_topic: str) -> int:
                 acknowledge(runtime, consumer, previous)
             if batch is not None:
                 in_flight = produce_batch(runtime, outputs, batch)
+    except KafkaException as error:
+        if error.args[0].code() not in REFUSED:
+            raise
+        refused = True
+        runtime.log.error("refused by Kafka", extra=fields(
+            error=error.args[0].str(), code=error.args[0].name(),
+            principal=f"User:{settings.sasl_username}" if settings.sasl_username else None,
+            input=input_topic, group=settings.group_id or f"headbits-{stage.name}",
+            hint="grant this principal the ACLs the README lists, or fix its credentials"))
     finally:
-        runtime.close()
-        if in_flight is not None:  # close() flushed, so its outputs are acknowledged
-            acknowledge(runtime, consumer, in_flight)
-        consumer.commit()
+        runtime.close(flush=not refused)
+        if not refused:
+            if in_flight is not None:  # close() flushed, so its outputs are acknowledged
+                acknowledge(runtime, consumer, in_flight)
+            consumer.commit()
         consumer.close()
         runtime.log.info("stopped")
-    return 0
+    return 1 if refused else 0
 
 
 @dataclass

@@ -63,6 +63,7 @@ SERVING_DEADLINE_S = 2.0
 # recovery; a killed service replays up to this long of input.
 COMMIT_INTERVAL_MS = 500
 BAD_RECORDS = 3
+CHUNK_HEADS = 5000  # heads an overload burst generates and produces at once (bounds its memory)
 CLASSES = ("http", "ssh")
 SENSORS = 6  # the trainer splits by sensor and hour: a run's heads must span several groups
 
@@ -446,7 +447,7 @@ def overload_run(pipeline: FaultPipeline, run: int, rng: np.random.Generator, ra
         began = time.monotonic()
         tick = 0
         while (elapsed := time.monotonic() - began) < seconds:
-            due = int(rate * min(elapsed + 0.1, seconds)) - len(uids)
+            due = min(int(rate * min(elapsed + 0.1, seconds)) - len(uids), CHUNK_HEADS)
             if due > 0:
                 chunk = synthetic_heads(f"{prefix}{tick:05d}-", due, burst_rng)
                 producer.produce_many(topic, codec.encode_many([h.to_dict() for h in chunk]),

@@ -163,6 +163,7 @@ class DevKafka(JavaServer):
     """One running development broker: where it listens, its process and its files."""
 
     bootstrap_servers: str
+    sasl_ssl_servers: str | None = None  # the SASL_SSL listener, when started with `Secured`
 
     def to_json(self) -> str:
         return json.dumps({
@@ -191,23 +192,37 @@ def start(
     version: str = KAFKA_VERSION,
     partitions: int = 4,
     timeout: float = 90.0,
+    secured: Secured | None = None,
 ) -> DevKafka:
-    """Format a fresh KRaft log dir, start the broker detached and wait until it answers."""
+    """Format a fresh KRaft log dir, start the broker detached and wait until it answers; with
+    `secured`, also a SASL_SSL listener with SCRAM users and ACLs enforced (see `Secured`)."""
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="headbits-kafka-"))
     shutil.rmtree(run_dir / "data", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     port, controller_port = free_port(), free_port()
     config = run_dir / "server.properties"
-    config.write_text(_server_properties(run_dir, port, controller_port, partitions))
+    properties = _server_properties(run_dir, port, controller_port, partitions)
+    scram: list[str] = []
+    sasl_port = free_port() if secured else None
+    if secured:
+        properties += secured.properties(run_dir, port, controller_port, sasl_port)
+        # KIP-900: SCRAM credentials go into the bootstrap metadata when the log dir is formatted,
+        # so they exist before the first client connects.
+        for name, password in secured.users.items():
+            scram += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+    config.write_text(properties)
     (run_dir / "log4j2.yaml").write_text(_LOG4J2)
     formatted = subprocess.run(
         [*_java(run_dir, version), "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-         "-c", str(config)],
+         "-c", str(config), *scram],
         capture_output=True, text=True, check=False,
     )
     if formatted.returncode != 0:
         raise DevKafkaError(f"kafka-storage format failed: {formatted.stderr or formatted.stdout}")
-    return _launch(run_dir, version, f"127.0.0.1:{port}", timeout)
+    broker = _launch(run_dir, version, f"127.0.0.1:{port}", timeout)
+    if sasl_port is not None:
+        broker.sasl_ssl_servers = f"127.0.0.1:{sasl_port}"
+    return broker
 
 
 def _launch(run_dir: Path, version: str, bootstrap_servers: str, timeout: float) -> DevKafka:
@@ -246,7 +261,44 @@ def stop_broker(broker: DevKafka, kill: bool = False, timeout: float = 30.0) -> 
 def resume(broker: DevKafka, timeout: float = 90.0) -> DevKafka:
     """Start a stopped broker again on the same ports and log dir (what a restarted pod does):
     its topics, records and committed offsets are still there."""
-    return _launch(broker.run_dir, broker.version, broker.bootstrap_servers, timeout)
+    resumed = _launch(broker.run_dir, broker.version, broker.bootstrap_servers, timeout)
+    resumed.sasl_ssl_servers = broker.sasl_ssl_servers
+    return resumed
+
+
+@dataclass(frozen=True)
+class Secured:
+    """A SASL_SSL listener next to the plaintext one: TLS with the server certificate of a
+    development PKI (`headbits.devtools.certificates`), SCRAM-SHA-512 users, and KRaft's
+    StandardAuthorizer enforcing ACLs there (no ACL: refused). `admin` is a super user; so is
+    ANONYMOUS, the principal of the plaintext and controller listeners, which the broker's own
+    requests and the rest of the development tools use."""
+
+    server_cert_file: Path
+    server_key_file: Path
+    users: dict[str, str]  # name -> password
+    admin: str = "admin"
+
+    def properties(self, run_dir: Path, port: int, controller_port: int, sasl_port: int) -> str:
+        keystore = run_dir / "sasl-keystore.pem"  # Kafka's PEM keystore: key, then chain
+        keystore.write_bytes(self.server_key_file.read_bytes() + self.server_cert_file.read_bytes())
+        keystore.chmod(0o600)
+        settings = {
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},"
+                         f"SASL_SSL://127.0.0.1:{sasl_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port},"
+                                    f"SASL_SSL://127.0.0.1:{sasl_port}",
+            "listener.security.protocol.map":
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.keystore.location": str(keystore),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{self.admin};User:ANONYMOUS",
+        }
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
 def _state_file() -> Path:

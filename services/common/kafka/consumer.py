@@ -14,6 +14,17 @@ from headbits.common.kafka.settings import KafkaConnection, connection_config
 Message = confluent_kafka.Message
 
 
+# The broker refuses this client's principal: retrying cannot help, and skipping would leave
+# the service consuming nothing without a word.
+REFUSED = frozenset({
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError._AUTHENTICATION,
+})
+
+
 class Consumer:
     """A consumer-group member that consumes in batches and stores offsets only when told.
 
@@ -68,7 +79,7 @@ class Consumer:
             error = message.error()
             if error is None:
                 records.append(message)
-            elif error.fatal():
+            elif error.fatal() or error.code() in REFUSED:
                 raise KafkaException(error)
         return records
 
