@@ -460,7 +460,7 @@ def overload_run(pipeline: FaultPipeline, run: int, rng: np.random.Generator, ra
 
     pipeline.rss_peaks.clear()
     started = time.monotonic()
-    producing = threading.Thread(target=burst, name="overload")
+    producing = threading.Thread(target=burst, name="overload", daemon=True)
     producing.start()
     while producing.is_alive():
         pipeline.wait(0.5)
