@@ -100,6 +100,9 @@ class TrainingConfig:
     classifier_hidden: int = 0  # the classifier branch's width; 0 scales with N: 8N
     classifier_dropout: float = 0.2
     class_balance: float = 0.5  # class weights are (mean count / class count) ** class_balance
+    wide: str = "bytes"  # a linear term added to the class logits: "bytes" (one weight vector per
+    # byte position and value, "absent" included), "bits" (on bits + mask) or "" (none)
+    label_smoothing: float = 0.0
     weight_bits: bool = True  # weigh each bit's error by how predictable normal traffic makes it
     seed: int = 0
 
@@ -115,6 +118,10 @@ class TrainingConfig:
                                           self.class_balance, self.classifier_hidden) < 0:
             raise ValueError("learning_rate must be positive, classifier_weight, "
                              "min_improvement, class_balance and classifier_hidden >= 0")
+        if self.wide not in ("bytes", "bits", ""):
+            raise ValueError(f"wide {self.wide!r} is not 'bytes', 'bits' or ''")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing {self.label_smoothing} is not in [0, 1)")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout {self.classifier_dropout} is not in [0, 1)")
 
@@ -149,6 +156,14 @@ def unpack_heads(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int) -> tupl
     seen = tf.range(n, dtype=tf.int32)[None, None, :] < lengths[:, :, None]  # [B, 2, N]
     mask = tf.repeat(tf.reshape(tf.cast(seen, tf.float32), [-1, 2 * n]), 8, axis=1)
     return bits * mask, mask
+
+
+def byte_value_index(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int) -> tf.Tensor:
+    """int32 [B, 2N]: position * 257 + byte value, value 256 where the byte was not seen."""
+    lengths = tf.clip_by_value(tf.cast(head_lengths, tf.int32), 0, n)
+    seen = tf.reshape(tf.range(n, dtype=tf.int32)[None, None, :] < lengths[:, :, None], [-1, 2 * n])
+    values = tf.where(seen, tf.cast(head_bytes, tf.int32), 256)
+    return values + 257 * tf.range(2 * n, dtype=tf.int32)[None, :]
 
 
 def bit_losses(bits: tf.Tensor, mask: tf.Tensor, bit_logits: tf.Tensor) -> tf.Tensor:
@@ -210,6 +225,17 @@ class HeadbitsNetwork(keras.Model):
         self.classifier = dense(config.classifier_size, activation="relu", name="classifier")
         self.classifier_dropout = keras.layers.Dropout(config.classifier_dropout)
         self.class_logits = dense(n_classes, name="class_logits")
+        self.wide = config.wide
+        if config.wide == "bytes":
+            self.wide_logits = keras.layers.Embedding(2 * config.n * 257, n_classes,
+                                                      embeddings_initializer="zeros",
+                                                      name="wide_logits")
+        elif config.wide == "bits":
+            self.wide_logits = dense(n_classes, use_bias=False, name="wide_logits")
+        else:
+            self.wide_logits = None
+        self.label_smoothing = config.label_smoothing
+        self.n_classes = n_classes
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.classifier_tracker = keras.metrics.Mean(name="classifier_loss")
@@ -225,8 +251,20 @@ class HeadbitsNetwork(keras.Model):
         hidden = self.code(hidden)
         for layer in self.decoder:
             hidden = layer(hidden)
-        classes = self.classifier_dropout(self.classifier(features), training=training)
-        return bits, mask, self.bit_logits(hidden), self.class_logits(classes)
+        return bits, mask, self.bit_logits(hidden), self.classify(
+            features, head_bytes, head_lengths, training)[1]
+
+    def classify(self, features: tf.Tensor, head_bytes: tf.Tensor, head_lengths: tf.Tensor,
+                 training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """[B, 32N] bits*mask ++ mask -> (the classifier's hidden layer [B, H], logits [B, C])."""
+        hidden = self.classifier(features)
+        logits = self.class_logits(self.classifier_dropout(hidden, training=training))
+        if self.wide == "bytes":
+            logits = logits + tf.reduce_sum(self.wide_logits(
+                byte_value_index(head_bytes, head_lengths, self.n)), axis=1)
+        elif self.wide == "bits":
+            logits = logits + self.wide_logits(features)
+        return hidden, logits
 
     def classifier_features(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> tf.Tensor:
         """[B, H]: the classifier's hidden layer, where the novelty model measures distances."""
@@ -244,8 +282,11 @@ class HeadbitsNetwork(keras.Model):
         reconstruction = tf.math.divide_no_nan(
             tf.reduce_sum(bit_losses(bits, normal_mask, bit_logits)), tf.reduce_sum(normal_mask)
         )
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.cast(labels, tf.int32), logits=class_logits)
+        targets = tf.one_hot(tf.cast(labels, tf.int32), self.n_classes)
+        if self.label_smoothing:
+            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.n_classes
+        cross_entropy = tf.nn.softmax_cross_entropy_with_logits(labels=targets,
+                                                                logits=class_logits)
         classifier = tf.math.divide_no_nan(tf.reduce_sum(cross_entropy * class_weights),
                                            tf.reduce_sum(class_weights))
         total = reconstruction + self.classifier_weight * classifier
@@ -324,8 +365,9 @@ class ScoringGraph(tf.Module):
         for layer in self.network.decoder:
             hidden = layer(hidden)
         bit_logits = self.network.bit_logits(hidden)
-        classifier_hidden = self.network.classifier(features)
-        probs = tf.nn.softmax(self.network.class_logits(classifier_hidden), axis=1)
+        classifier_hidden, class_logits = self.network.classify(features, head_bytes,
+                                                                 head_lengths)
+        probs = tf.nn.softmax(class_logits, axis=1)
         predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
         weighted_mask = mask * self.bit_weights[None, :]
         losses = bit_losses(bits, weighted_mask, bit_logits)
@@ -442,8 +484,10 @@ class TrainedModel:
             "decoder": [*reversed(sizes), 16 * self.config.n],
             "activations": "relu; sigmoid bit output; softmax classes",
             "classifier": f"input -> {self.config.classifier_size} relu -> dropout "
-                          f"{self.config.classifier_dropout} -> softmax over "
-                          f"{len(self.classes)} classes",
+                          f"{self.config.classifier_dropout} -> logits"
+                          + {"bytes": " + a weight vector per byte position and value",
+                             "bits": " + linear on bits + mask", "": ""}[self.config.wide]
+                          + f" -> softmax over {len(self.classes)} classes",
             "loss": "masked bit-wise BCE on normal rows + classifier_weight * class-balanced "
                     "sparse CE",
             "error": "mean bit-wise BCE over seen bits, weighted by each bit's predictability "
@@ -464,6 +508,7 @@ def train(
     progress: bool = True,
     novelty_labels: Sequence[str] | None = None,
     log_dir: Path | None = None,
+    cross_fitted_tails: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainedModel:
     """Train with early stopping on `validation`, then calibrate on its normal rows.
 
@@ -473,7 +518,9 @@ def train(
     score measures distances to: with the real labels, a protocol too rare to be a class is still
     near its own mean, so it is normal, not novel. Thresholds and tail probabilities are set on
     validation rows only: capture groups the weights never learned. With `log_dir`, the run
-    writes TensorBoard event files there (trainer/tensorboard.py).
+    writes TensorBoard event files there (trainer/tensorboard.py). `cross_fitted_tails`
+    (novelty scores, predicted class indices) are more held-out normal scores for the tail
+    calibration, each from a model that did not train on its row (see `train.fit`).
     """
     classes = tuple(classes)
     weights = class_weights(train_labels, len(classes), config.class_balance)
@@ -519,9 +566,12 @@ def train(
     every_opening = validation.head_lengths.sum(axis=1) > 0
     tails = score_in_chunks(graph.serve, heads_for_model(validation, config.n).select(
         every_opening), model)
-    graph.set_tail_calibration(tail_calibration(
-        tails.novelty_score, np.argmax(tails.protocol_probs, axis=1), len(classes),
-        config.min_threshold_rows))
+    tail_scores, tail_classes = tails.novelty_score, np.argmax(tails.protocol_probs, axis=1)
+    if cross_fitted_tails is not None:
+        tail_scores = np.concatenate([tail_scores, cross_fitted_tails[0]])
+        tail_classes = np.concatenate([tail_classes, cross_fitted_tails[1]])
+    graph.set_tail_calibration(tail_calibration(tail_scores, tail_classes, len(classes),
+                                                config.min_threshold_rows))
     calibration_rows = np.bincount(predicted, minlength=len(classes))
     if log_dir is not None:
         tensorboard.write_calibration(log_dir, classes, thresholds, calibration_rows,
