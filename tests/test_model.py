@@ -329,11 +329,15 @@ def test_top_bytes_name_the_byte_that_was_changed(trained, splits):
 
 def test_byte_table_index_names_position_and_value_and_absence():
     heads = pack_heads([b"\x16\x03", b""], [b"S", b"\x00\x00\x00\x00\x00\x00\x00\x00"], 8)
-    index = byte_value_index(heads.head_bytes, heads.head_lengths.astype(np.int32), 8).numpy()
+    index = byte_value_index(heads.head_bytes, heads.head_lengths.astype(np.int32), 8,
+                             8).numpy()
     positions = 257 * np.arange(16)
     assert (index[0] - positions).tolist() == [0x16, 3] + [256] * 6 + [ord("S")] + [256] * 7
     # A NUL byte that was seen is value 0, not "absent".
     assert (index[1] - positions).tolist() == [256] * 8 + [0] * 8
+    # Only the first bytes of each direction when asked for fewer.
+    first = byte_value_index(heads.head_bytes, heads.head_lengths.astype(np.int32), 8, 2).numpy()
+    assert (first - 257 * np.arange(4)).tolist() == [[0x16, 3, ord("S"), 256], [256, 256, 0, 0]]
 
 
 def test_classifier_options_are_checked():

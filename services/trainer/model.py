@@ -59,6 +59,9 @@ TENSORFLOW_THREADS = min(2, os.cpu_count() or 1)
 VALIDATION_BATCH_ROWS = 4096
 TOP_BYTES = 4
 """Byte offsets per direction an alert names as deviating most."""
+WIDE_BYTES = 16
+"""Bytes per direction the classifier's byte-value table reads: past a protocol's fixed opening
+the bytes are nonces and lengths, whose exact values a table would only memorise."""
 NOVELTY_REFERENCE_ROWS = 20000
 """Training rows the novelty model's means and covariance are estimated from (a sample)."""
 
@@ -103,6 +106,7 @@ class TrainingConfig:
     wide: str = "bytes"  # a linear term added to the class logits: "bytes" (one weight vector per
     # byte position and value, "absent" included), "bits" (on bits + mask) or "" (none)
     label_smoothing: float = 0.0
+    deep_auxiliary: bool = True  # with a wide part, the deep part's own logits are trained too
     weight_bits: bool = True  # weigh each bit's error by how predictable normal traffic makes it
     seed: int = 0
 
@@ -158,12 +162,16 @@ def unpack_heads(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int) -> tupl
     return bits * mask, mask
 
 
-def byte_value_index(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int) -> tf.Tensor:
-    """int32 [B, 2N]: position * 257 + byte value, value 256 where the byte was not seen."""
+def byte_value_index(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int,
+                     first: int) -> tf.Tensor:
+    """int32 [B, 2F]: of the first F = min(first, N) bytes per direction, position * 257 + byte
+    value, value 256 where the byte was not seen."""
+    first = min(first, n)
     lengths = tf.clip_by_value(tf.cast(head_lengths, tf.int32), 0, n)
-    seen = tf.reshape(tf.range(n, dtype=tf.int32)[None, None, :] < lengths[:, :, None], [-1, 2 * n])
-    values = tf.where(seen, tf.cast(head_bytes, tf.int32), 256)
-    return values + 257 * tf.range(2 * n, dtype=tf.int32)[None, :]
+    seen = tf.range(first, dtype=tf.int32)[None, None, :] < lengths[:, :, None]  # [B, 2, F]
+    values = tf.reshape(tf.cast(head_bytes, tf.int32), [-1, 2, n])[:, :, :first]
+    values = tf.reshape(tf.where(seen, values, 256), [-1, 2 * first])
+    return values + 257 * tf.range(2 * first, dtype=tf.int32)[None, :]
 
 
 def bit_losses(bits: tf.Tensor, mask: tf.Tensor, bit_logits: tf.Tensor) -> tf.Tensor:
@@ -227,7 +235,8 @@ class HeadbitsNetwork(keras.Model):
         self.class_logits = dense(n_classes, name="class_logits")
         self.wide = config.wide
         if config.wide == "bytes":
-            self.wide_logits = keras.layers.Embedding(2 * config.n * 257, n_classes,
+            self.wide_logits = keras.layers.Embedding(2 * min(config.n, WIDE_BYTES) * 257,
+                                                      n_classes,
                                                       embeddings_initializer="zeros",
                                                       name="wide_logits")
         elif config.wide == "bits":
@@ -235,6 +244,7 @@ class HeadbitsNetwork(keras.Model):
         else:
             self.wide_logits = None
         self.label_smoothing = config.label_smoothing
+        self.deep_auxiliary = config.deep_auxiliary
         self.n_classes = n_classes
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
@@ -251,20 +261,23 @@ class HeadbitsNetwork(keras.Model):
         hidden = self.code(hidden)
         for layer in self.decoder:
             hidden = layer(hidden)
-        return bits, mask, self.bit_logits(hidden), self.classify(
-            features, head_bytes, head_lengths, training)[1]
+        _, class_logits, deep_logits = self.classify(features, head_bytes, head_lengths,
+                                                     training)
+        return bits, mask, self.bit_logits(hidden), class_logits, deep_logits
 
     def classify(self, features: tf.Tensor, head_bytes: tf.Tensor, head_lengths: tf.Tensor,
-                 training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
-        """[B, 32N] bits*mask ++ mask -> (the classifier's hidden layer [B, H], logits [B, C])."""
+                 training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """[B, 32N] bits*mask ++ mask -> (the classifier's hidden layer [B, H], logits [B, C],
+        the deep part's own logits [B, C])."""
         hidden = self.classifier(features)
-        logits = self.class_logits(self.classifier_dropout(hidden, training=training))
+        deep_logits = self.class_logits(self.classifier_dropout(hidden, training=training))
+        logits = deep_logits
         if self.wide == "bytes":
             logits = logits + tf.reduce_sum(self.wide_logits(
-                byte_value_index(head_bytes, head_lengths, self.n)), axis=1)
+                byte_value_index(head_bytes, head_lengths, self.n, WIDE_BYTES)), axis=1)
         elif self.wide == "bits":
             logits = logits + self.wide_logits(features)
-        return hidden, logits
+        return hidden, logits, deep_logits
 
     def classifier_features(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> tf.Tensor:
         """[B, H]: the classifier's hidden layer, where the novelty model measures distances."""
@@ -277,7 +290,8 @@ class HeadbitsNetwork(keras.Model):
 
     def _step_loss(self, data, training: bool) -> tf.Tensor:
         (head_bytes, head_lengths), (labels, autoencoder_rows, class_weights) = data
-        bits, mask, bit_logits, class_logits = self((head_bytes, head_lengths), training=training)
+        bits, mask, bit_logits, class_logits, deep_logits = self((head_bytes, head_lengths),
+                                                                 training=training)
         normal_mask = mask * tf.cast(autoencoder_rows, tf.float32)[:, None]
         reconstruction = tf.math.divide_no_nan(
             tf.reduce_sum(bit_losses(bits, normal_mask, bit_logits)), tf.reduce_sum(normal_mask)
@@ -287,6 +301,12 @@ class HeadbitsNetwork(keras.Model):
             targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.n_classes
         cross_entropy = tf.nn.softmax_cross_entropy_with_logits(labels=targets,
                                                                 logits=class_logits)
+        if self.wide and self.deep_auxiliary:
+            # The deep part learns to classify on its own too: its hidden layer, where the
+            # novelty distances are measured, then stays as discriminative as without the
+            # wide part, which otherwise takes over most of the work.
+            cross_entropy += tf.nn.softmax_cross_entropy_with_logits(labels=targets,
+                                                                     logits=deep_logits)
         classifier = tf.math.divide_no_nan(tf.reduce_sum(cross_entropy * class_weights),
                                            tf.reduce_sum(class_weights))
         total = reconstruction + self.classifier_weight * classifier
@@ -365,8 +385,8 @@ class ScoringGraph(tf.Module):
         for layer in self.network.decoder:
             hidden = layer(hidden)
         bit_logits = self.network.bit_logits(hidden)
-        classifier_hidden, class_logits = self.network.classify(features, head_bytes,
-                                                                 head_lengths)
+        classifier_hidden, class_logits, _ = self.network.classify(features, head_bytes,
+                                                                    head_lengths)
         probs = tf.nn.softmax(class_logits, axis=1)
         predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
         weighted_mask = mask * self.bit_weights[None, :]
@@ -416,7 +436,7 @@ class ScoringGraph(tf.Module):
 
     def _bit_loss_sums(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> tf.Tensor:
         """[2, 16N]: per bit, the summed unweighted loss and how many rows saw it."""
-        bits, mask, bit_logits, _ = self.network((head_bytes, head_lengths))
+        bits, mask, bit_logits, _, _ = self.network((head_bytes, head_lengths))
         return tf.stack([tf.reduce_sum(bit_losses(bits, mask, bit_logits), axis=0),
                          tf.reduce_sum(mask, axis=0)])
 
@@ -485,7 +505,8 @@ class TrainedModel:
             "activations": "relu; sigmoid bit output; softmax classes",
             "classifier": f"input -> {self.config.classifier_size} relu -> dropout "
                           f"{self.config.classifier_dropout} -> logits"
-                          + {"bytes": " + a weight vector per byte position and value",
+                          + {"bytes": f" + a weight vector per value of each of the first "
+                                      f"{min(self.config.n, WIDE_BYTES)} bytes per direction",
                              "bits": " + linear on bits + mask", "": ""}[self.config.wide]
                           + f" -> softmax over {len(self.classes)} classes",
             "loss": "masked bit-wise BCE on normal rows + classifier_weight * class-balanced "
