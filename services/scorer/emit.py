@@ -26,7 +26,6 @@ from prometheus_client import Counter, Gauge
 
 from headbits.common.alert_forms import FORMS
 from headbits.common.avro import DecodeError, ValueCodec, open_registry
-from headbits.scorer.community_id import community_id
 from headbits.common.kafka import (
     AlertsJsonTopic,
     FeedbackTopic,
@@ -40,6 +39,7 @@ from headbits.common.logs import fields
 from headbits.common.service import JSON_VALUES, Output, Runtime
 from headbits.common.settings import setting
 from headbits.scorer.aggregation import AlertWindows, state_key
+from headbits.scorer.community_id import community_id
 from headbits.scorer.evidence import (
     DEFAULT_SEVERITY_TABLE,
     evidence,

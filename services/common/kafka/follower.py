@@ -15,13 +15,15 @@ import uuid
 from collections.abc import Sequence
 
 import confluent_kafka
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from headbits.common.kafka.admin import admin
 from headbits.common.kafka.client_log import client_log_config
 from headbits.common.kafka.settings import DAY_MS, KafkaConnection, connection_config
 
 Message = confluent_kafka.Message
+_NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT)
 
 
 class TopicFollower:
@@ -34,6 +36,7 @@ class TopicFollower:
             **connection_config(settings), **client_log_config(),
             "group.id": f"headbits-follower-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "fetch.wait.max.ms": 100,  # a new rule reaches the replica within a batch or two
         })
         self._ends: dict[tuple[str, int], int] = {}
         partitions = []
@@ -43,9 +46,21 @@ class TopicFollower:
                 raise KafkaException(metadata.error)
             for partition in metadata.partitions:
                 partitions.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
-                self._ends[(topic, partition)] = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout)[1]
+                self._ends[(topic, partition)] = self._end(topic, partition, timeout)
         self._consumer.assign(partitions)
+
+    def _end(self, topic: str, partition: int, timeout: float) -> int:
+        """The partition's end offset; a topic created a moment ago may not have a leader yet,
+        which is retried until `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout)[1]
+            except KafkaException as error:
+                if error.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def catch_up(self, timeout: float = 30.0) -> list[Message]:
         """Every record up to the end offsets as of construction; TimeoutError past `timeout`."""
@@ -108,6 +123,6 @@ def ensure_compacted_topics(settings: KafkaConnection, names: Sequence[str],
             future.result()
             created.append(name)
         except KafkaException as error:
-            if error.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
