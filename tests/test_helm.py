@@ -907,3 +907,36 @@ def test_training_runs_write_tensorboard_files_that_a_deployment_reads(helm: Hel
     assert mount["readOnly"] and str(settings.tensorboard_dir).startswith(mount["mountPath"])
     validate_strictly([deployment, *of_kind(manifests, "Service")])
 
+
+
+def test_chart_rules_reach_the_scorer_as_the_rules_it_loads(helm: Helm, tmp_path: Path) -> None:
+    """`scorer.rules` renders into a ConfigMap mounted where the scorer's rules_file points, and
+    that file loads as the scorer loads it; with no rules, nothing is mounted."""
+    from headbits.scorer.emit import load_rules_file
+
+    values = {"scorer": {"rules": [
+        {"dst_cidr": "10.0.0.0/8", "resp_p": 5228, "predicted_protocol": "tls",
+         "comment": "Google services on 5228", "author": "netops"},
+        {"id": "zoom-stun", "transport": "udp", "resp_p": 3479, "comment": "Zoom STUN"}]}}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(values))
+    manifests = render(helm, *VALUE_SETS["production"], "-f", str(path))
+    validate_strictly(manifests)
+    ((verb, container),) = [(v, c) for v, c in headbits_containers(manifests) if v == "scorer"]
+    rules_file = Path(env_of(container)["HEADBITS_RULES_FILE"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "rules")
+    assert rules_file.parent == Path(mount["mountPath"])
+    deployment = next(m for m in of_kind(manifests, "Deployment")
+                      if m["metadata"]["name"].endswith("scorer"))
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == "rules")
+    config_map = named(manifests, "ConfigMap", volume["configMap"]["name"])
+    (tmp_path / rules_file.name).write_text(config_map["data"][rules_file.name])
+    rules = load_rules_file(tmp_path / rules_file.name)
+    assert [(r.id, r.resp_p, r.origin, r.author) for r in rules] == [
+        ("chart/0", 5228, "chart", "netops"), ("zoom-stun", 3479, "chart", "")]
+    assert "headbits.io/rules-checksum" in pod_template(deployment)["metadata"]["annotations"]
+
+    plain = render(helm, *VALUE_SETS["production"])
+    ((_, container),) = [(v, c) for v, c in headbits_containers(plain) if v == "scorer"]
+    assert "HEADBITS_RULES_FILE" not in env_of(container)
+    assert all(m["name"] != "rules" for m in container["volumeMounts"])
