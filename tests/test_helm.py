@@ -922,7 +922,7 @@ def test_chart_rules_reach_the_scorer_as_the_rules_it_loads(helm: Helm, tmp_path
     path.write_text(yaml.safe_dump(values))
     manifests = render(helm, *VALUE_SETS["production"], "-f", str(path))
     validate_strictly(manifests)
-    ((verb, container),) = [(v, c) for v, c in headbits_containers(manifests) if v == "scorer"]
+    ((_, container),) = [(v, c) for v, c in headbits_containers(manifests) if v == "scorer"]
     rules_file = Path(env_of(container)["HEADBITS_RULES_FILE"])
     mount = next(m for m in container["volumeMounts"] if m["name"] == "rules")
     assert rules_file.parent == Path(mount["mountPath"])

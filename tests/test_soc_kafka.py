@@ -65,7 +65,8 @@ class Pipeline:
         tag = self.topics["heads"].split(".")[0]
         self.env = {**os.environ, **self.topics.env,
                     "HEADBITS_RULES_TOPIC": f"{tag}.rules",
-                    "HEADBITS_ALERT_WINDOWS_TOPIC": f"{tag}.alert-windows"}
+                    "HEADBITS_ALERT_WINDOWS_TOPIC": f"{tag}.alert-windows",
+                    "HEADBITS_ALERTS_JSON_TOPIC": f"{tag}.alerts-json"}
         self.log_dir = log_dir
         self.scorer_args = ("--model-dir", str(version_dir), "--write-scores", "true",
                             *scorer_args)
@@ -231,7 +232,8 @@ def test_an_aggregation_window_survives_a_scorer_restart_and_the_json_topic_has_
         assert (aggregate["first_seen"], aggregate["last_seen"]) == (min(times), max(times))
 
         consumer = Consumer(pipeline.topics.settings, f"json-{uuid.uuid4().hex}",
-                            [pipeline.topics["alerts_json"]], **{"enable.auto.commit": False})
+                            [pipeline.env["HEADBITS_ALERTS_JSON_TOPIC"]],
+                            **{"enable.auto.commit": False})
         documents = []
         deadline = time.monotonic() + 20
         try:

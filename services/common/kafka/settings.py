@@ -12,8 +12,9 @@ from dataclasses import dataclass, fields
 from headbits.common.settings import Secret, setting
 
 DAY_MS = 24 * 3600 * 1000
-TOPIC_KINDS = ("heads", "features", "alerts", "scores", "deadletter", "drift", "feedback",
-               "alerts_json")
+TOPIC_KINDS = ("heads", "features", "alerts", "scores", "deadletter", "drift", "feedback")
+OPTIONAL_TOPIC_KINDS = ("alerts_json",)
+"""Topics that exist only when their setting names one (None: not written)."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,8 @@ def topic_retentions(settings: object) -> dict[str, float]:
     names = {field.name for field in fields(settings)}
     return {
         getattr(settings, f"{kind}_topic"): getattr(settings, f"{kind}_retention_days")
-        for kind in TOPIC_KINDS
-        if f"{kind}_topic" in names
+        for kind in TOPIC_KINDS + OPTIONAL_TOPIC_KINDS
+        if f"{kind}_topic" in names and getattr(settings, f"{kind}_topic")
     }
 
 
