@@ -224,13 +224,22 @@ def test_strimzi_topics_follow_the_kafka_settings(rendered: dict[str, list[dict]
         code.deadletter_topic: code.deadletter_retention_days,
         code.drift_topic: code.drift_retention_days,
     }
-    topics = of_kind(rendered["production"], "KafkaTopic")
+    from headbits.scorer.emit import EmitSettings
+
+    every = of_kind(rendered["production"], "KafkaTopic")
+    emit = EmitSettings()
+    compacted = {t["spec"]["topicName"] for t in every
+                 if t["spec"]["config"].get("cleanup.policy") == "compact"}
+    assert compacted == {emit.rules_topic}, "the scorers follow the rules topic as a table"
+    topics = [t for t in every if t["spec"]["topicName"] not in compacted]
+    expected[emit.feedback_topic] = emit.feedback_retention_days
     assert {topic["spec"]["topicName"]: topic["spec"]["config"]["retention.ms"] / DAY_MS
             for topic in topics} == expected
     assert expected == {"headbits.heads.v1": 7, "headbits.features.v1": 30,
                         "headbits.alerts.v1": 90, "headbits.scores.v1": 7,
-                        "headbits.deadletter.v1": 14, "headbits.drift.v1": 30}
-    for topic in topics:
+                        "headbits.deadletter.v1": 14, "headbits.drift.v1": 30,
+                        "headbits.feedback.v1": 365}
+    for topic in every:
         assert topic["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}, \
             "an uninstall must not delete training data and alerts"
         assert topic["apiVersion"] == "kafka.strimzi.io/v1"
