@@ -160,6 +160,9 @@ def test_the_emitter_suppresses_counts_marks_scores_and_tags_learning():
                            scores)
     assert [a["uid"] for a in emitted.alerts] == ["N"] and emitted.suppressed == 1
     assert [s["suppressed_by"] for s in scores] == ["r1", "", ""]
+    clean = [{"uid": "Z", "model_version": 7}]
+    emitter.emit([], [binary_on_80() | {"uid": "Z"}], clean)
+    assert "suppressed_by" not in clean[0]  # nothing suppressed: the schema's default
     assert emitted.alerts[0]["learning"] is True
     assert emitted.alerts[0]["evidence"].startswith("unknown binary protocol on 80/tcp")
     assert emitted.alerts[0]["count"] == 1

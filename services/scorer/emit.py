@@ -215,8 +215,10 @@ class AlertEmitter:
                 suppressed[(alert["uid"], alert["model_version"])] = rule.id
                 if self._metrics is not None:
                     self._metrics.suppressed.labels(rule.id).inc()
-        for score in scores:
-            score["suppressed_by"] = suppressed.get((score["uid"], score["model_version"]), "")
+        if suppressed:  # otherwise the schema's default ("") is written
+            for score in scores:
+                score["suppressed_by"] = suppressed.get((score["uid"], score["model_version"]),
+                                                        "")
         aggregated = self.windows.add(kept)
         if aggregated.states:
             outputs.append(Output(self.settings.alert_windows_topic, aggregated.states,

@@ -138,6 +138,7 @@ class RuleSet:
 
     def __init__(self, rules: Iterable[Rule] = ()) -> None:
         self._rules: dict[str, Rule] = {}
+        self._ordered: list[Rule] | None = []
         self.learning_started: dict[str, float] = {}
         for rule in rules:
             self.put(rule)
@@ -147,14 +148,19 @@ class RuleSet:
             self.learning_started[rule.sensor] = rule.created
         else:
             self._rules[rule.id] = rule
+            self._ordered = None
 
     def remove(self, rule_id: str) -> None:
-        self._rules.pop(rule_id, None)
+        if self._rules.pop(rule_id, None) is not None:
+            self._ordered = None
         if rule_id.startswith(f"{LEARNING}/"):
             self.learning_started.pop(rule_id.removeprefix(f"{LEARNING}/"), None)
 
     def rules(self) -> list[Rule]:
-        return sorted(self._rules.values(), key=lambda rule: rule.id)
+        """The rules by id (sorted once per change, not per alert)."""
+        if self._ordered is None:
+            self._ordered = sorted(self._rules.values(), key=lambda rule: rule.id)
+        return self._ordered
 
     def __len__(self) -> int:
         return len(self._rules)
