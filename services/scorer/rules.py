@@ -86,8 +86,9 @@ class Rule:
     def active(self, now: float) -> bool:
         return self.kind == SUPPRESS and (not self.expires or now < self.expires)
 
-    def matches(self, alert: Mapping) -> bool:
-        """Every set field of the rule matches the alert (expiry is `active`'s business)."""
+    def matches(self, alert: Mapping, addresses: tuple | None = None) -> bool:
+        """Every set field of the rule matches the alert (expiry is `active`'s business);
+        `addresses`: the alert's (orig_h, resp_h) parsed by `addresses_of`, once per alert."""
         if self.sensor and alert["sensor"] != self.sensor:
             return False
         if self.resp_p >= 0 and alert["resp_p"] != self.resp_p:
@@ -100,18 +101,24 @@ class Rule:
             return False
         if self.reason and self.reason not in alert["reason"].split(","):
             return False
-        for network, address in zip(self._networks, (alert["orig_h"], alert["resp_h"]),
-                                    strict=True):
-            if network is not None and not _in(address, network):
-                return False
+        if self.src_cidr or self.dst_cidr:
+            for network, address in zip(self._networks, addresses or addresses_of(alert),
+                                        strict=True):
+                if network is not None and (address is None or address not in network):
+                    return False
         return True
 
 
-def _in(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    try:
-        return ipaddress.ip_address(address) in network
-    except ValueError:  # not an address: no CIDR can match it
-        return False
+def addresses_of(alert: Mapping) -> tuple:
+    """The alert's (orig_h, resp_h) as ip_address objects; None for one that is not an address
+    (no CIDR matches it)."""
+    parsed = []
+    for text in (alert["orig_h"], alert["resp_h"]):
+        try:
+            parsed.append(ipaddress.ip_address(text))
+        except ValueError:
+            parsed.append(None)
+    return tuple(parsed)
 
 
 def feedback_rule(feedback: Mapping) -> Rule | None:
@@ -167,7 +174,11 @@ class RuleSet:
 
     def match(self, alert: Mapping, now: float) -> Rule | None:
         """The first (by id) active rule matching the alert, or None."""
-        for rule in self.rules():
-            if rule.active(now) and rule.matches(alert):
+        rules = self.rules()
+        if not rules:
+            return None
+        addresses = addresses_of(alert)
+        for rule in rules:
+            if rule.active(now) and rule.matches(alert, addresses):
                 return rule
         return None
