@@ -657,8 +657,8 @@ def written_topics(verb: str, container: dict) -> set[str]:
 # The settings fields naming the topics each verb reads (services' input stages and windows).
 CONSUMED_TOPIC_FIELDS = {
     "featurizer": ("heads_topic",),
-    "scorer": ("features_topic",),
-    "trainer": ("features_topic", "drift_topic"),
+    "scorer": ("features_topic", "rules_topic", "feedback_topic"),
+    "trainer": ("features_topic", "drift_topic", "feedback_topic"),
     "rollout": ("scores_topic", "drift_topic"),
 }
 
@@ -1037,3 +1037,19 @@ def test_chart_rules_reach_the_scorer_as_the_rules_it_loads(helm: Helm, tmp_path
     ((_, container),) = [(v, c) for v, c in headbits_containers(plain) if v == "scorer"]
     assert "HEADBITS_RULES_FILE" not in env_of(container)
     assert all(m["name"] != "rules" for m in container["volumeMounts"])
+
+
+def test_learning_mode_lets_the_scorer_write_the_rules_topic_it_follows(helm: Helm) -> None:
+    """The scorer always reads the rules and feedback topics; in learning mode it also writes
+    each new sensor's learning start to the rules topic, and its KafkaUser allows exactly that."""
+    def scorer_grants(*extra: str) -> dict:
+        manifests = render(helm, *VALUE_SETS["strimzi-users"], *extra)
+        (user,) = [u for u in of_kind(manifests, "KafkaUser")
+                   if u["metadata"]["name"].endswith("kafka-scorer")]
+        return kafka_user_grants(user)
+
+    plain = scorer_grants()
+    assert plain[("topic", "headbits.rules.v1")] == {"Read", "Describe"}
+    assert plain[("topic", "headbits.feedback.v1")] == {"Read", "Describe"}
+    learning = scorer_grants("--set", "scorer.settings.learning_hours=72")
+    assert learning[("topic", "headbits.rules.v1")] == {"Read", "Write", "Describe"}
