@@ -1,6 +1,7 @@
 """What the Zeek package costs a real Zeek: per-packet overhead apart from start-up.
 
 Usage: python bench/zeek.py [--zeek-home DIR] [--corpus DIR] [--rounds 5] [--package DIR]
+                           [--instructions]
 
 The capture corpus's Ethernet pcap files are merged with `mergecap` into one large capture in a
 temporary folder. Zeek (default scripts, `-C`) reads it, and a one-connection capture, with and
@@ -15,6 +16,11 @@ reported, with the range and the load average before and after.
     startup_ms      = package run - plain run, on the one-connection capture
     overhead_ratio  = (package run - its start-up) / (plain run - its start-up), large capture
                       (1.15 means the package adds 15 % to Zeek's own per-packet work)
+
+With `--instructions` the four commands also run once each under valgrind's callgrind, which
+counts the instructions Zeek executes (all its threads, not the kernel's work): a figure the
+machine's load does not move, `overhead_ratio_instructions` (same formula), at the price of
+about a quarter of an hour on an idle core.
 
 A separate, untimed run counts the package's script events (stream_deliver, stream_undelivered,
 udp_contents) per connection with payload. The last line printed is one JSON object.
@@ -107,6 +113,17 @@ def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, fl
     return cpu, wall, result.stdout
 
 
+def instructions(command: list[str], env: dict[str, str], cwd: Path) -> int:
+    """Instructions one run executes, counted by callgrind."""
+    result = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cwd}/cg.out",
+                             *command], env=env, cwd=cwd, capture_output=True, text=True,
+                            timeout=7200, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"callgrind failed on {' '.join(command)}: {result.stderr[-2000:]}")
+    (cwd / "cg.out").unlink()
+    return int(result.stderr.split("Collected :")[-1].split()[0])
+
+
 def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -123,9 +140,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--package", type=Path, default=PACKAGE,
                         help="the package's scripts folder (to compare a variant)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions with valgrind (load-independent, slow)")
     args = parser.parse_args()
     if not args.zeek_home or not (Path(args.zeek_home) / "bin" / "zeek").is_file():
         sys.exit("no Zeek: pass --zeek-home or set HEADBITS_ZEEK_HOME to an unpacked Zeek")
+    if args.instructions and shutil.which("valgrind") is None:
+        sys.exit("valgrind is missing: apt-get install valgrind (or drop --instructions)")
     if shutil.which("mergecap") is None:
         sys.exit("mergecap is missing: apt-get install wireshark-common (or tshark)")
     zeek = str(Path(args.zeek_home) / "bin" / "zeek")
@@ -154,6 +175,8 @@ def main() -> None:
             order = list(commands) if number % 2 == 0 else list(reversed(commands))
             rounds.append({name: timed(commands[name], env, work)[:2] for name in order})
         load_after = load_average()
+        counts = ({name: instructions(command, env, work) for name, command in commands.items()}
+                  if args.instructions else None)
         _, _, counted = timed([zeek, "-C", "-r", str(merged), *package, str(work / "count.zeek")],
                               env, work)
         events, connections, most = (int(v) for v in counted.split("EVENTS")[-1].split())
@@ -190,6 +213,12 @@ def main() -> None:
         "connections_with_events": connections,
         "events_per_connection": round(events / max(connections, 1), 2),
         "max_events_one_connection": most,
+        **({} if counts is None else {
+            "instructions": counts,
+            "startup_instructions_added": counts["package_small"] - counts["plain_small"],
+            "overhead_ratio_instructions": round(
+                (counts["package_large"] - counts["package_small"])
+                / (counts["plain_large"] - counts["plain_small"]), 3)}),
         "startup_ms": round(statistics.median(startups), 1),
         "overhead_ratio": round(statistics.median(ratios), 3),
         "target_overhead_ratio": 1.15,

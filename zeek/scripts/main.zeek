@@ -173,7 +173,9 @@ function start_collecting(c: connection, tcp: bool): bool
 			add finished[outer$uid];
 			}
 		}
-	if ( ! eligible(c) )
+	# The size checks spare the call to eligible() in the default configuration.
+	if ( ( |include_ports| > 0 || |exclude_ports| > 0 || |include_subnets| > 0
+	       || |exclude_subnets| > 0 || sample_rate < 1.0 ) && ! eligible(c) )
 		{
 		add finished[c$uid];
 		return F;
@@ -192,21 +194,15 @@ function publish_heads(c: connection, s: State)
 		    s$resp$seen, s$orig$gap, s$resp$gap, time_to_double(c$start_time));
 	}
 
-## Start of a TCP stream not seen (no SYN from that side in the history): the head is kept but
-## flagged, as it may not start at byte 0.
-function stream_start_missing(c: connection, is_orig: bool): bool
-	{
-	if ( is_orig )
-		return /S/ !in c$history;
-	return /[hs]/ !in c$history;
-	}
-
 ## Append a chunk to one direction; returns T once the heads are published (no more chunks
 ## wanted). The hot path of the package: written with as few calls and lookups as it can.
 function add_chunk(c: connection, s: State, is_orig: bool, data: string): bool
 	{
 	local d = is_orig ? s$orig : s$resp;
-	if ( d$seen == 0 && s$tcp && |data| > 0 && stream_start_missing(c, is_orig) )
+	# Start of a TCP stream not seen (no SYN from that side in the history): the head is kept
+	# but flagged, as it may not start at byte 0.
+	if ( d$seen == 0 && s$tcp && |data| > 0
+	     && ( is_orig ? /S/ !in c$history : /[hs]/ !in c$history ) )
 		d$gap = T;
 	d$seen += |data|;
 	local was_full = s$orig$full || s$resp$full;
@@ -266,12 +262,11 @@ redef udp_content_deliver_all_resp = T;
 
 event udp_contents(u: connection, is_orig: bool, contents: string)
 	{
-	local uid = u$uid;
 	# Finished first: for the rest of a long flow's life this is the only lookup.
-	if ( uid in finished )
+	if ( u$uid in finished )
 		return;
-	if ( uid in states || start_collecting(u, F) )
-		add_chunk(u, states[uid], is_orig, contents);
+	if ( u$uid in states || start_collecting(u, F) )
+		add_chunk(u, states[u$uid], is_orig, contents);
 	}
 
 ## FTP data channels are expected connections: Zeek builds their analyzer tree from the
