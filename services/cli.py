@@ -33,7 +33,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "trainer": ("headbits.trainer.service", "run the trainer service"),
     "model": ("headbits.trainer.rollout", "list, promote and roll back model versions"),
     "rollout": ("headbits.trainer.controller", "promote a soaked canary, roll back a bad stable"),
-    "alerts": ("headbits.scorer.alerts_command", "read alerts from Kafka"),
+    "alerts": ("headbits.scorer.alerts_command", "read alerts, mark them benign or malicious"),
+    "rules": ("headbits.scorer.rules_command", "add, list and remove suppression rules"),
     "serving-standin": ("headbits.devtools.tfserving_standin", "TF Serving stand-in (development)"),
     "kafka-dev": ("headbits.devtools.kafka_broker", "a local single-node Kafka for development"),
 }

@@ -62,12 +62,15 @@ from headbits.scorer.backend import (
     disagreement,
 )
 from headbits.scorer.drift import DriftMonitor
+from headbits.scorer.emit import AlertEmitter, EmitSettings
 from headbits.scorer.zeek_notices import ZeekAlertPublisher
 
 
 @dataclass(frozen=True)
-class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, DriftTopic,
-                     ServingTLS):
+class ScorerSettings(
+    ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, DriftTopic, EmitSettings,
+    ServingTLS,
+):
     backend: str = setting("inprocess", "inprocess (SavedModel in this process) or tfserving")
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"
@@ -110,6 +113,7 @@ class ScorerStage(Stage):
         self, backend: ScoringBackend, alerts_topic: str, scores_topic: str | None,
         shadow: ScoringBackend | None = None, rule: AlertRule = DEFAULT_RULE,
         drift: DriftReporter | None = None, notices: ZeekAlertPublisher | None = None,
+        emitter: AlertEmitter | None = None,
     ):
         if shadow is not None and scores_topic is None:
             raise ValueError("shadow scoring writes to the scores topic: give scores_topic")
@@ -120,6 +124,7 @@ class ScorerStage(Stage):
         self._rule = rule
         self._drift = drift
         self._notices = notices
+        self.emitter = emitter or AlertEmitter()
         self.shadow_metrics: ShadowMetrics | None = None
 
     def attach(self, runtime: Runtime) -> None:
@@ -127,9 +132,10 @@ class ScorerStage(Stage):
             self.shadow_metrics = ShadowMetrics(runtime.metrics.registry)
         if self._drift is not None:
             self._drift.attach(runtime)
+        self.emitter.attach(runtime)
 
     def output_schemas(self) -> dict[str, str]:
-        schemas = {self._alerts_topic: "alert"}
+        schemas = {self._alerts_topic: "alert", **self.emitter.output_schemas()}
         if self._scores_topic:
             schemas[self._scores_topic] = "score"
         if self._drift is not None:
@@ -166,9 +172,13 @@ class ScorerStage(Stage):
                     everything += self._shadow_scores(part_records, scores)
             if self._drift is not None:
                 drifts += self._drift.observe(part_records, scores, verdicts)
-        outputs = [Output(self._alerts_topic, alerts, [a["uid"] for a in alerts])]
+        # Emit-time step (suppression, learning, aggregation, SIEM forms): scorer/emit.py.
+        emitted = self.emitter.emit([r["sensor"] for r in scorable], alerts, everything)
+        alerts = emitted.alerts
+        outputs = [Output(self._alerts_topic, alerts, [a["uid"] for a in alerts]),
+                   *emitted.outputs]
         if self._notices is not None:
-            self._notices.publish(alerts)
+            self._notices.publish([alert for alert in alerts if not alert["learning"]])
         if self._scores_topic:
             outputs.append(Output(self._scores_topic, everything, [s["uid"] for s in everything]))
         if drifts:
@@ -353,8 +363,11 @@ def run(args: argparse.Namespace) -> int:
         stage = ScorerStage(backend, settings.alerts_topic,
                             settings.scores_topic if writes_scores else None, shadow,
                             AlertRule(settings.alert_rate, settings.alert_midstream),
-                            make_drift(settings), notices)
-        return run_stage(stage, settings, settings.features_topic)
+                            make_drift(settings), notices, AlertEmitter(settings))
+        try:
+            return run_stage(stage, settings, settings.features_topic)
+        finally:
+            stage.emitter.close()
     finally:
         if notices is not None:
             notices.close()

@@ -6,6 +6,8 @@ throw-away group id and nothing committed: no service's consumer group notices. 
 protocol Zeek's parsers confirmed teach; port-labelled rows (what an attacker fakes) are counted
 and left out, from training and from evaluation alike.
 Undecodable records are counted and logged, not dead-lettered again (upstream did that).
+Analysts' verdicts (headbits.feedback.v1) label their connections: benign ones teach as the
+analyst's protocol, malicious ones are left out (trainer/feedback.py); the window counts both.
 The most recent --holdout-fraction of the rows by connection time is held out; the rest trains a
 new version (validation split by sensor and hour), written to <models>/headbits/<version>/.
 Candidate and current `stable` are scored on the held-out rows; the figures and the gate's
@@ -37,6 +39,7 @@ from headbits.common.avro import DecodeError, ValueCodec, open_registry
 from headbits.common.kafka import (
     DriftTopic,
     FeaturesTopic,
+    FeedbackTopic,
     KafkaConnection,
     KafkaException,
     read_offset_ranges,
@@ -54,6 +57,7 @@ from headbits.common.settings import (
 )
 from headbits.trainer.controller import drift_crossings
 from headbits.trainer.dataset import LabelledHeads
+from headbits.trainer.feedback import read_verdicts
 from headbits.trainer.gate import GateSettings, failing_metrics, gate_failures, holdout_metrics
 from headbits.trainer.rollout import ModelSettings, Repository
 from headbits.trainer.train import TrainSettings, describe
@@ -75,7 +79,8 @@ PROGRESS_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class TrainerSettings(
-    GateSettings, TrainSettings, ModelSettings, KafkaConnection, FeaturesTopic, DriftTopic
+    GateSettings, TrainSettings, ModelSettings, KafkaConnection, FeaturesTopic, DriftTopic,
+    FeedbackTopic,
 ):
     """Kafka, model repository (`headbits model`'s names), training and gate settings in one.
 
@@ -154,6 +159,7 @@ def read_window(settings: TrainerSettings, log: logging.Logger, now: float) -> W
     registry = open_registry(settings)
     codec = ValueCodec("features", topic, registry)
     counts = WindowCounts()
+    verdicts = read_verdicts(settings, settings.feedback_topic, since)  # analysts' labels
     sample = StratifiedReservoir(sample_rows(settings), settings.seed)
     first_undecodable = ""
     last_report = time.monotonic()
@@ -166,7 +172,7 @@ def read_window(settings: TrainerSettings, log: logging.Logger, now: float) -> W
                 counts.undecodable += 1
                 if not first_undecodable:
                     first_undecodable = f"{topic}/{message.partition()}/{message.offset()}: {error}"
-        sample.add(screen(records, settings.n, counts))
+        sample.add(screen(verdicts.apply(records, counts), settings.n, counts))
         if time.monotonic() - last_report > PROGRESS_SECONDS:
             last_report = time.monotonic()
             log.info("reading", extra=fields(**counts.to_dict()))
