@@ -1,6 +1,6 @@
 """Inject faults at random points of a live pipeline, many times, and print what it kept.
 
-Usage: python bench/faults.py [--runs 22] [--heads 2000] [--rate 150] [--overload-seconds 60]
+Usage: python bench/faults.py [--runs 20] [--heads 2000] [--rate 150] [--overload-seconds 60]
        [--seed N] [--work-dir DIR] [--no-trainer]
 One pipeline (its own Kafka broker, the TF Serving stand-in with a tiny model, featurizer and
 scorer; `headbits.devtools.faults`) takes `--runs` runs: each replays `--heads` fresh heads
