@@ -34,6 +34,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "model": ("headbits.trainer.rollout", "list, promote and roll back model versions"),
     "rollout": ("headbits.trainer.controller", "promote a soaked canary, roll back a bad stable"),
     "alerts": ("headbits.scorer.alerts_command", "read alerts from Kafka"),
+    "convert": ("headbits.common.convert", "convert a retained .v1 topic window to .v2 batches"),
     "serving-standin": ("headbits.devtools.tfserving_standin", "TF Serving stand-in (development)"),
     "kafka-dev": ("headbits.devtools.kafka_broker", "a local single-node Kafka for development"),
 }

@@ -267,7 +267,8 @@ def run_stage(stage: Stage, settings: ServiceSettings, input_topic: str) -> int:
         bootstrap_servers=settings.bootstrap_servers, topic_format=settings.topic_format,
     ))
     in_flight: InFlight | None = None
-    rows_per_message = 1.0
+    # Start at one message: a .v2 backlog must not be swallowed as batch_size whole batches.
+    rows_per_message = float(settings.batch_size)
     try:
         while not runtime.stop.stopping:
             runtime.health.beat()

@@ -76,6 +76,9 @@ class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, D
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"
     )
+    inprocess_threads: int = setting(
+        0, "inprocess: TensorFlow threads of the model (0: TensorFlow's default); 1 costs the "
+           "least CPU per row when the scorer shares its cores with other processes")
     serving_target: str = setting(
         "127.0.0.1:8500", "tfserving: gRPC target (host:port, or dns:///host:port to spread over "
         "every address a headless Service resolves to)")
@@ -337,7 +340,8 @@ def make_backend(settings: ScorerSettings) -> ScoringBackend:
         from headbits.common.model_repository import resolve_version_dir
         from headbits.scorer.inprocess import SavedModelBackend
 
-        return SavedModelBackend(resolve_version_dir(settings.model_dir))
+        return SavedModelBackend(resolve_version_dir(settings.model_dir),
+                                 threads=settings.inprocess_threads)
     if settings.backend == "tfserving":
         from headbits.scorer.tfserving import TFServingBackend, TLSFiles
 
