@@ -9,7 +9,8 @@ the verb's own CLI, so the chart cannot drift from the code. Beyond syntax: TF S
 arguments and files are started on the development stand-in (which refuses what the real server
 refuses) and its rendered probes asked; every reference in a pod resolves; every name and label
 fits Kubernetes' 63 characters with the longest values the schema allows; every topic a service
-writes has a KafkaTopic; alert rules and the dashboard use metrics the code exports.
+writes has a KafkaTopic and every Kafka client its own KafkaUser allowed exactly what it uses;
+alert rules and the dashboard use metrics the code exports.
 """
 
 from __future__ import annotations
@@ -50,13 +51,14 @@ DEFAULTS = ["--set", "models.persistence.storageClassName=nfs-client"]
 VALUE_SETS = {
     "defaults": DEFAULTS,
     "production": ["-f", str(CHART / "ci" / "production-values.yaml")],
+    "strimzi-users": ["-f", str(CHART / "ci" / "strimzi-users-values.yaml")],
 }
 SERVICE_VERBS = ("collector", "featurizer", "scorer", "trainer", "model", "rollout")
 # The image (Dockerfile target) each verb runs from.
 VERB_IMAGES = {"collector": "collector", "featurizer": "featurizer", "scorer": "scorer",
                "trainer": "trainer", "model": "trainer", "rollout": "trainer"}
 # Kinds that kubernetes-validate has no schema for: checked field by field below instead.
-CUSTOM_KINDS = {"KafkaTopic", "ScaledObject", "ServiceMonitor", "PrometheusRule"}
+CUSTOM_KINDS = {"KafkaTopic", "KafkaUser", "ScaledObject", "ServiceMonitor", "PrometheusRule"}
 DAY_MS = 24 * 3600 * 1000
 
 Helm = Callable[..., subprocess.CompletedProcess]
@@ -296,7 +298,7 @@ def test_tfserving_runs_the_real_image_on_the_grpc_port(rendered: dict[str, list
         assert flags["allow_version_labels_for_unavailable_models"] == "true"
         assert int(flags["model_config_file_poll_wait_seconds"]) > 0
         assert flags["model_config_file"].endswith("/models.config")
-        cpus = {"defaults": "1", "production": "4"}[values]
+        cpus = {"defaults": "1", "production": "4", "strimzi-users": "1"}[values]
         assert flags["tensorflow_intra_op_parallelism"] == cpus, "threads fit the CPU request"
         assert flags["tensorflow_inter_op_parallelism"] == cpus
         batching = values == "production"
@@ -544,7 +546,7 @@ def test_service_probes_ask_endpoints_the_services_serve(rendered: dict[str, lis
         for values, manifests in rendered.items():
             for verb, container in headbits_containers(manifests):
                 for probe in ("livenessProbe", "readinessProbe"):
-                    if verb == "trainer":
+                    if verb in ("trainer", "rollout"):  # run-to-completion Jobs
                         assert probe not in container
                         continue
                     path = container[probe]["httpGet"]["path"]
@@ -553,19 +555,25 @@ def test_service_probes_ask_endpoints_the_services_serve(rendered: dict[str, lis
         server.shutdown()
 
 
-def declared_secrets(values: dict) -> set[str]:
+def declared_secrets(values: dict, manifests: list[dict]) -> set[str]:
+    """Secrets a release may reference: those its values name, and those Strimzi's User Operator
+    writes for the release's KafkaUsers (named after each user, in the user's namespace)."""
     tls = values.get("kafkaTls", {})
     names = {ref["secretName"] for ref in values.get("secretSettings", {}).values()}
     names |= {tls.get("caSecret", ""), tls.get("clientSecret", "")}
     names.add(values.get("models", {}).get("objectStore", {}).get("envFromSecret", ""))
+    names |= {user["metadata"]["name"] for user in of_kind(manifests, "KafkaUser")
+              if user["metadata"]["namespace"] == NAMESPACE}
     return names - {""}
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_every_reference_in_a_pod_resolves(rendered: dict[str, list[dict]], values: str) -> None:
     manifests = rendered[values]
-    value_file = {"production": CHART / "ci" / "production-values.yaml"}.get(values)
-    secrets = declared_secrets(yaml.safe_load(value_file.read_text()) if value_file else {})
+    value_file = {"production": CHART / "ci" / "production-values.yaml",
+                  "strimzi-users": CHART / "ci" / "strimzi-users-values.yaml"}.get(values)
+    secrets = declared_secrets(yaml.safe_load(value_file.read_text()) if value_file else {},
+                               manifests)
     config_maps = {m["metadata"]["name"] for m in of_kind(manifests, "ConfigMap")}
     claims = {m["metadata"]["name"] for m in of_kind(manifests, "PersistentVolumeClaim")}
     workloads = [m for m in manifests if m["kind"] in WORKLOADS]
@@ -635,6 +643,81 @@ def written_topics(verb: str, container: dict) -> set[str]:
     else:
         return set()
     return outputs | {settings.deadletter_topic}
+
+
+# The settings fields naming the topics each verb reads (services' input stages and windows).
+CONSUMED_TOPIC_FIELDS = {
+    "featurizer": ("heads_topic",),
+    "scorer": ("features_topic",),
+    "trainer": ("features_topic", "drift_topic"),
+    "rollout": ("scores_topic", "drift_topic"),
+}
+
+
+def consumed_topics(verb: str, settings: object) -> set[str]:
+    return {getattr(settings, name) for name in CONSUMED_TOPIC_FIELDS.get(verb, ())}
+
+
+def kafka_user_grants(user: dict) -> dict[tuple[str, str], set[str]]:
+    """(resource type, name) -> the operations a Strimzi KafkaUser is allowed on it."""
+    grants: dict[tuple[str, str], set[str]] = {}
+    for acl in user["spec"]["authorization"]["acls"]:
+        resource = acl["resource"]
+        assert resource["patternType"] == "literal" and "*" not in resource["name"], \
+            f"{user['metadata']['name']}: no wildcard or prefix grants"
+        assert set(acl) == {"resource", "operations"}, "Strimzi v1 has `operations` only"
+        grants.setdefault((resource["type"], resource["name"]), set()).update(acl["operations"])
+    return grants
+
+
+def test_strimzi_users_allow_each_service_exactly_the_topics_and_group_it_uses(
+    rendered: dict[str, list[dict]],
+) -> None:
+    """With strimzi.users every Kafka client logs in as its own KafkaUser, with the password from
+    the Secret Strimzi writes for that user in the release namespace; the user may write what the
+    service writes, read what it reads, join only its own group, and nothing else."""
+    manifests = rendered["strimzi-users"]
+    users = {u["metadata"]["name"]: u for u in of_kind(manifests, "KafkaUser")}
+    used = set()
+    for verb, container in headbits_containers(manifests):
+        env = {e["name"]: e for e in container["env"]}
+        if "HEADBITS_BOOTSTRAP_SERVERS" not in env:
+            continue  # `headbits model` talks to TF Serving only
+        name = env["HEADBITS_SASL_USERNAME"]["value"]
+        assert env["HEADBITS_SASL_PASSWORD"] == {"name": "HEADBITS_SASL_PASSWORD", "valueFrom": {
+            "secretKeyRef": {"name": name, "key": "password"}}}, verb
+        assert env["HEADBITS_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+        assert env["HEADBITS_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+        assert Path(env["HEADBITS_SSL_CA_LOCATION"]["value"]).name == "ca.crt"
+        user = users[name]
+        used.add(name)
+        assert user["apiVersion"] == "kafka.strimzi.io/v1"
+        assert user["metadata"]["namespace"] == NAMESPACE, "its Secret must be the pods' own"
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "events"
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        grants = kafka_user_grants(user)
+        settings = load_settings(DISCOVERED[verb], environ=env_of(container))
+        writable = {n for (kind, n), ops in grants.items() if kind == "topic" and "Write" in ops}
+        readable = {n for (kind, n), ops in grants.items() if kind == "topic" and "Read" in ops}
+        assert written_topics(verb, container) <= writable, verb
+        assert consumed_topics(verb, settings) <= readable, verb
+        named_topics = {getattr(settings, f.name) for f in dataclasses.fields(settings)
+                        if f.name.endswith("_topic")}
+        assert writable | readable <= named_topics, f"{verb}: a topic it never names"
+        assert not writable & readable, f"{verb}: reads and writes the same topic"
+        assert all("Describe" in ops for (kind, _), ops in grants.items() if kind == "topic")
+        assert not any("Create" in ops for ops in grants.values()), "Strimzi owns the topics"
+        groups = {n for (kind, n) in grants if kind == "group"}
+        expected_groups = ({settings.group_id or f"headbits-{verb}"}
+                           if verb in ("featurizer", "scorer") else set())
+        assert groups == expected_groups, verb
+        assert {kind for kind, _ in grants} <= {"topic", "group"}, "no cluster-wide grant"
+    assert used == set(users) and len(users) == 5, "one user per Kafka client kind, each used"
+    (ca,) = [c for c in of_kind(manifests, "ConfigMap")
+             if c["metadata"]["name"] == f"{RELEASE}-headbits-kafka-ca"]
+    from cryptography import x509
+
+    assert x509.load_pem_x509_certificate(ca["data"]["ca.crt"].encode()).subject
 
 
 @pytest.mark.parametrize("shadow", [False, True])
@@ -838,6 +921,11 @@ def test_object_store_models_are_read_by_tf_serving_itself(helm: Helm) -> None:
     ([*DEFAULTS, "--set", "rollout.action=promote",
       "--set", "tfserving.modelConfigSource=configMap"],
      "rollout.action moves labels in the models volume"),
+    ([*VALUE_SETS["strimzi-users"], "--set", "kafkaTls.caSecret=events-cluster-ca-cert"],
+     "kafkaTls: set caSecret or caCertificate, not both"),
+    ([*VALUE_SETS["strimzi-users"], "--set", "secretSettings.sasl_password.secretName=headbits",
+      "--set", "secretSettings.sasl_password.key=password"],
+     "each service reads its own KafkaUser's password Secret"),
 ])
 def test_the_chart_refuses_what_cannot_run(helm: Helm, args: list[str], expected: str) -> None:
     result = template(helm, *args)

@@ -168,8 +168,12 @@ and create_topics off when Strimzi owns the topics. Rendered as YAML, read back 
 {{- if .Values.strimzi.topics.enabled }}
 {{- $_ := set $kafka "create_topics" false }}
 {{- end }}
+{{- if .Values.strimzi.users.enabled }}
+{{- $_ := set $kafka "security_protocol" "SASL_SSL" }}
+{{- $_ := set $kafka "sasl_mechanism" "SCRAM-SHA-512" }}
+{{- end }}
 {{- with .Values.kafkaTls }}
-{{- if .caSecret }}
+{{- if or .caSecret .caCertificate }}
 {{- $_ := set $kafka "ssl_ca_location" (printf "/etc/headbits/kafka-tls/ca/%s" .caKey) }}
 {{- end }}
 {{- if .clientSecret }}
@@ -197,12 +201,29 @@ settings class has exactly these topic settings (services/<stage>/service.py).
 */}}
 {{- define "headbits.kafkaUse" -}}
 {{- $uses := dict
-  "collector" (dict "topics" (list "heads" "deadletter") "createsTopics" true)
-  "featurizer" (dict "topics" (list "heads" "features" "deadletter") "createsTopics" true)
-  "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter" "drift") "createsTopics" true)
-  "trainer" (dict "topics" (list "features" "drift") "createsTopics" false)
-  "rollout" (dict "topics" (list "scores" "drift") "createsTopics" false) }}
+  "collector" (dict "topics" (list "heads" "deadletter") "writes" (list "heads" "deadletter") "createsTopics" true)
+  "featurizer" (dict "topics" (list "heads" "features" "deadletter") "writes" (list "features" "deadletter") "createsTopics" true)
+  "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter" "drift") "writes" (list "alerts" "scores" "deadletter" "drift") "createsTopics" true)
+  "trainer" (dict "topics" (list "features" "drift") "writes" (list) "createsTopics" false)
+  "rollout" (dict "topics" (list "scores" "drift") "writes" (list) "createsTopics" false) }}
 {{- toYaml (index $uses .) }}
+{{- end }}
+
+{{/*
+The verbs that talk to Kafka in this release: one Strimzi KafkaUser each (strimzi.users).
+*/}}
+{{- define "headbits.kafkaVerbs" -}}
+{{- $verbs := list }}
+{{- range $verb := list "collector" "featurizer" "scorer" "trainer" }}
+{{- if (index $.Values $verb).enabled }}{{ $verbs = append $verbs $verb }}{{ end }}
+{{- end }}
+{{- if .Values.rolloutController.enabled }}{{ $verbs = append $verbs "rollout" }}{{ end }}
+{{- toJson (dict "verbs" $verbs) }}
+{{- end }}
+
+{{/* The KafkaUser (and Strimzi's Secret of its password) of a verb: (list root verb). */}}
+{{- define "headbits.kafkaUserName" -}}
+{{- include "headbits.componentName" (list (index . 0) (printf "kafka-%s" (index . 1))) }}
 {{- end }}
 
 {{/*
@@ -229,7 +250,12 @@ default; string values are templates; settings in secretSettings come from their
 {{- end }}
 {{- $settings = merge $settings $kafka }}
 {{- end }}
-{{- $secrets := $root.Values.secretSettings }}
+{{- $secrets := deepCopy $root.Values.secretSettings }}
+{{- if and .kafka $root.Values.strimzi.users.enabled }}
+{{- $user := include "headbits.kafkaUserName" (list $root .verb) }}
+{{- $_ := set $settings "sasl_username" $user }}
+{{- $_ := set $secrets "sasl_password" (dict "secretName" $user "key" "password") }}
+{{- end }}
 {{- range $name := keys $secrets | sortAlpha }}
 {{- $_ := unset $settings $name }}
 {{- end }}
@@ -261,6 +287,10 @@ default; string values are templates; settings in secretSettings come from their
 - name: kafka-tls-ca
   secret:
     secretName: {{ .caSecret }}
+{{- else if .caCertificate }}
+- name: kafka-tls-ca
+  configMap:
+    name: {{ include "headbits.componentName" (list $ "kafka-ca") }}
 {{- end }}
 {{- if .clientSecret }}
 - name: kafka-tls-client
@@ -274,7 +304,7 @@ default; string values are templates; settings in secretSettings come from their
 - name: tmp
   mountPath: /tmp
 {{- with .Values.kafkaTls }}
-{{- if .caSecret }}
+{{- if or .caSecret .caCertificate }}
 - name: kafka-tls-ca
   mountPath: /etc/headbits/kafka-tls/ca
   readOnly: true
