@@ -86,7 +86,7 @@ def produce(producer, codec, heads: list) -> None:
     from headbits.common.columnar import batch_schema, encode_batches, objects_table
 
     table = objects_table("payload_head", heads)
-    for sensor, value in encode_batches(table, table.column("sensor"), len(heads)):
+    for sensor, value, _ in encode_batches(table, table.column("sensor"), len(heads)):
         producer.produce(TOPIC, value, sensor, batch_schema("payload_head").headers)
     producer.poll(0)
 

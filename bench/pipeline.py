@@ -111,7 +111,7 @@ def produce_heads(settings: KafkaSettings, heads: list[PayloadHead], fmt: str = 
                                   [h.uid for h in part], codec.headers)
             continue
         table = objects_table("payload_head", part)
-        for sensor, value in encode_batches(table, table.column("sensor"), CHUNK):
+        for sensor, value, _ in encode_batches(table, table.column("sensor"), CHUNK):
             producer.produce(settings.heads_topic, value, sensor, headers)
     producer.flush()
     return time.monotonic() - started, own_cpu_seconds() - cpu
@@ -197,7 +197,7 @@ def preload_features(settings: KafkaSettings, heads: list[PayloadHead]) -> None:
     producer = Producer(settings)
     for start in range(0, len(heads), CHUNK):
         features, _ = featurize_table(objects_table("payload_head", heads[start : start + CHUNK]))
-        for sensor, value in encode_batches(features, features.column("sensor"), CHUNK):
+        for sensor, value, _ in encode_batches(features, features.column("sensor"), CHUNK):
             producer.produce(settings.features_topic, value, sensor, headers)
     producer.flush()
 

@@ -111,9 +111,10 @@ def test_batches_are_one_sensor_each_in_order_and_bounded():
     table = table.set_column(2, "sensor", pa.array(sensors))
     messages = list(encode_batches(table, table.column("sensor"), max_rows=3))
     seen = []
-    for sensor, value in messages:
+    for sensor, value, count in messages:
         rows = decode_table("payload_head", value).table
         assert set(rows.column("sensor").to_pylist()) == {sensor} and rows.num_rows <= 3
+        assert count == rows.num_rows
         seen += rows.column("uid").to_pylist()
     for sensor in "abc":
         expected = [h.uid for h, s in zip(heads, sensors, strict=True) if s == sensor]

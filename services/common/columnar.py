@@ -313,9 +313,9 @@ class RowDecoder:
 
 
 def encode_batches(table: pa.Table, sensors: pa.Array | pa.ChunkedArray, max_rows: int
-                   ) -> Iterator[tuple[str, bytes]]:
-    """(sensor, `.v2` value) per message: each sensor's rows in order, at most `max_rows` rows
-    a message (the message key is the sensor, so its traffic stays in one partition)."""
+                   ) -> Iterator[tuple[str, bytes, int]]:
+    """(sensor, `.v2` value, rows) per message: each sensor's rows in order, at most `max_rows`
+    rows a message (the message key is the sensor, so its traffic stays in one partition)."""
     for sensor, rows in split_by_key(sensors, max_rows):
         part = table if len(rows) == table.num_rows else table.take(pa.array(rows))
-        yield sensor, encode_table(part)
+        yield sensor, encode_table(part), len(rows)

@@ -111,7 +111,7 @@ def _batches(table: pa.Table, stamps: np.ndarray, max_rows: int):
     """(sensor, value, oldest row's timestamp) of each output message."""
     for sensor, rows in split_by_key(table.column("sensor"), max_rows):
         part = table.take(pa.array(rows))
-        ((_, value),) = encode_batches(part, part.column("sensor"), max_rows)
+        ((_, value, _),) = encode_batches(part, part.column("sensor"), max_rows)
         yield sensor, value, int(stamps[rows].min())
 
 

@@ -216,9 +216,9 @@ class Runtime:
             self.produce(output.topic, schema, records, [r["uid"] for r in records])
             return
         headers = batch_schema(schema).headers
-        for sensor, value in encode_batches(output.table, output.sensors,
-                                            self.settings.batch_size):
-            self.producer.produce(output.topic, value, sensor, headers)
+        for sensor, value, rows in encode_batches(output.table, output.sensors,
+                                                  self.settings.batch_size):
+            self.producer.produce(output.topic, value, sensor, headers, records=rows)
         self.producer.poll(0)
 
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
