@@ -339,3 +339,24 @@ def test_convert_moves_a_retained_v1_window_to_v2_batches(kafka_bootstrap):
     by_uid = {record["uid"]: record for record in features}
     assert len(converted) == len(features)
     assert all(record == by_uid[record["uid"]] for record in converted)
+
+
+def test_every_large_batch_message_is_delivered(kafka_bootstrap):
+    """`.v2` messages of a few hundred kB each, produced back to back: every one arrives (with
+    1 MB producer batches, one in 25 went missing now and then without a delivery error)."""
+    from headbits.common.columnar import batch_schema, encode_batches, objects_table
+    from headbits.common.kafka import window_offsets
+
+    heads = synthetic_heads(2000, seed=8)
+    table = objects_table("payload_head", heads)
+    ((_, value, _),) = encode_batches(table, table.column("sensor"), 2000)
+    assert len(value) > 200_000
+    for _ in range(3):
+        topics = Topics(kafka_bootstrap, partitions=4)
+        producer = Producer(topics.settings)
+        for number in range(40):
+            producer.produce(topics["heads"], value, f"sensor-{number % 16}",
+                             batch_schema("payload_head").headers)
+        producer.flush()
+        ends = window_offsets(topics.settings, topics["heads"], since_ms=0)
+        assert sum(end for _, end in ends.values()) == 40
