@@ -342,8 +342,7 @@ def test_convert_moves_a_retained_v1_window_to_v2_batches(kafka_bootstrap):
 
 
 def test_every_large_batch_message_is_delivered(kafka_bootstrap):
-    """`.v2` messages of a few hundred kB each, produced back to back: every one arrives (with
-    1 MB producer batches, one in 25 went missing now and then without a delivery error)."""
+    """`.v2` messages of a few hundred kB each, produced back to back: every one arrives."""
     from headbits.common.columnar import batch_schema, encode_batches, objects_table
     from headbits.common.kafka import window_offsets
 

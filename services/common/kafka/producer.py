@@ -60,10 +60,7 @@ class Producer:
             "compression.type": "lz4",
             "linger.ms": 5,  # services produce a whole batch at once: waiting adds only latency
             "batch.num.messages": 10000,
-            # Below the broker's 1 MB message limit with room to spare: with 1 MB, batches of
-            # several ~0.4 MB .v2 messages lost a message now and then without any delivery
-            # error (2 runs in 9, dev broker); a message larger than this is sent on its own.
-            "batch.size": 262_144,
+            "batch.size": 1_000_000,
             "queue.buffering.max.messages": 200_000,
             "queue.buffering.max.kbytes": buffer_mb * 1024,
             "delivery.report.only.error": True,
