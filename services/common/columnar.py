@@ -250,11 +250,15 @@ def fixed_width(column: pa.Array | pa.ChunkedArray, width: int, out: np.ndarray 
         return out, lengths
     padded = np.concatenate([np.frombuffer(data, np.uint8), np.zeros(width, np.uint8)])
     kept = np.minimum(lengths, width)
-    if width == 8:  # one unaligned 8-byte load and one AND per head
+    if width == 8:  # one unaligned 8-byte load and one AND per head (measured: faster than
+        # the row gather at 8 bytes, slower already at 16)
         windows = np.ndarray((len(padded) - 7,), np.uint64, padded, strides=(1,))
-        lane_masks = _prefix_masks(8).view(np.uint64).reshape(-1)
-        np.bitwise_and(np.take(windows, offsets[:-1]), np.take(lane_masks, kept),
-                       out=out.view(np.uint64).reshape(-1))
+        lane_masks = _prefix_masks(width).view(np.uint64)[kept]
+        lanes = out.view(np.uint64)
+        starts = offsets[:-1].astype(np.intp)
+        for lane in range(width // 8):
+            np.bitwise_and(np.take(windows, starts + 8 * lane), lane_masks[:, lane],
+                           out=lanes[:, lane])
         return out, lengths
     windows = np.lib.stride_tricks.as_strided(
         padded, shape=(len(padded) - width + 1, width), strides=(1, 1), writeable=False)
