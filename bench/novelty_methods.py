@@ -12,7 +12,9 @@ Candidates: the model's reconstruction error (`autoencoder`); the classifier's 1
 probability (`max_probability`) and energy (`energy`); distances to the training rows: nearest
 neighbour in the classifier's hidden layer (`knn_hidden`), in the autoencoder's code
 (`knn_code`), on the input bits + mask (`knn_input`), and the class-conditional Mahalanobis
-distance in the classifier's hidden layer (`mahalanobis`).
+distance in the classifier's hidden layer (`mahalanobis`) and on its logits, wide part included
+(`mahalanobis_logits`), the same distance on per-direction byte-class profiles (`byte_profile`:
+printable, NUL, high-bit, CR/LF and distinct-value shares), and ensembles of calibrated scores.
 
 Last line: one JSON object with every figure.
 """
@@ -54,11 +56,12 @@ def layers(trained, batch) -> dict[str, np.ndarray]:
         for layer in network.encoder:
             hidden = layer(hidden)
         code = network.code(hidden)
-        classifier_hidden = network.classifier(features)
+        classifier_hidden, logits, _ = network.classify(
+            features, tf.constant(part.head_bytes), tf.constant(part.head_lengths.astype(np.int32)))
         parts["input"].append(features.numpy())
         parts["hidden"].append(classifier_hidden.numpy())
         parts["code"].append(code.numpy())
-        parts["logits"].append(network.class_logits(classifier_hidden).numpy())
+        parts["logits"].append(logits.numpy())
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
@@ -88,6 +91,24 @@ def mahalanobis(rows: np.ndarray, train: np.ndarray, labels: np.ndarray) -> np.n
     return best
 
 
+def byte_profiles(batch) -> np.ndarray:
+    """float [rows, 12]: per direction, the share of the head's N bytes seen and, of the bytes
+    seen, the shares that are printable ASCII, NUL, high-bit and CR/LF, and distinct values."""
+    n = batch.head_bytes.shape[1] // 2
+    values = batch.head_bytes.reshape(-1, 2, n).astype(np.int64)
+    seen = np.arange(n)[None, None, :] < batch.head_lengths[:, :, None]
+    count = np.maximum(seen.sum(axis=2), 1)
+
+    def share(condition: np.ndarray) -> np.ndarray:
+        return (condition & seen).sum(axis=2) / count
+
+    distinct = np.array([[len(set(row[ok])) for row, ok in zip(rows, oks, strict=True)]
+                         for rows, oks in zip(values, seen, strict=True)]) / count
+    return np.concatenate([seen.sum(axis=2) / n, share((values >= 0x20) & (values < 0x7F)),
+                           share(values == 0), share(values >= 0x80),
+                           share((values == 10) | (values == 13)), distinct], axis=1)
+
+
 def candidate_scores(trained, train_batch, train_labels, test_batch) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     reference_rows = rng.choice(len(train_batch), min(NEIGHBOUR_ROWS, len(train_batch)),
@@ -107,6 +128,11 @@ def candidate_scores(trained, train_batch, train_labels, test_batch) -> dict[str
         "knn_input": nearest_distance(test_layers["input"], train_layers["input"]),
         "mahalanobis": mahalanobis(test_layers["hidden"], train_layers["hidden"],
                                    train_labels[reference_rows]),
+        "mahalanobis_logits": mahalanobis(logits, train_layers["logits"].astype(np.float64),
+                                          train_labels[reference_rows]),
+        "byte_profile": mahalanobis(byte_profiles(test_batch),
+                                    byte_profiles(train_batch.select(reference_rows)),
+                                    train_labels[reference_rows]),
     }
 
 
@@ -124,6 +150,10 @@ def tail_probabilities(calibration: np.ndarray, calibration_class: np.ndarray,
         at_least = len(reference) - np.searchsorted(reference, values[rows], side="left")
         tails[rows] = (at_least + 1) / (len(reference) + 1)
     return tails
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(values, kind="stable"), kind="stable") / max(len(values) - 1, 1)
 
 
 def recall_at(normal: np.ndarray, novel: np.ndarray, fpr: float) -> float:
@@ -187,6 +217,9 @@ def main() -> None:
                                                      scores["knn_input/class"])
         scores["autoencoder+mahalanobis"] = np.maximum(scores["autoencoder/class"],
                                                        scores["mahalanobis/class"])
+        # Mean-rank ensemble of calibrated scores that look at different things.
+        scores["rank_mean"] = np.mean([_ranks(scores[f"{name}/class"]) for name in (
+            "mahalanobis", "knn_input", "byte_profile", "mahalanobis_logits")], axis=0)
         results[protocol] = {
             "novel_rows": int(is_novel.sum()), "normal_rows": int((~is_novel).sum()),
             "seconds": round(time.time() - started, 1),

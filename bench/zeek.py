@@ -1,16 +1,26 @@
 """What the Zeek package costs a real Zeek: per-packet overhead apart from start-up.
 
-Usage: python bench/zeek.py [--zeek-home DIR] [--corpus DIR] [--repeat 3]
+Usage: python bench/zeek.py [--zeek-home DIR] [--corpus DIR] [--rounds 5] [--package DIR]
+                           [--instructions]
 
 The capture corpus's Ethernet pcap files are merged with `mergecap` into one large capture in a
 temporary folder. Zeek (default scripts, `-C`) reads it, and a one-connection capture, with and
 without the package (its WebSocket listener on, as deployed, and a script that stops Zeek at the
-end of the file, since a listening Zeek keeps running). CPU time (user + system) of the best of
-`--repeat` runs is used, because the machine may be shared; wall time is printed too.
+end of the file, since a listening Zeek keeps running). CPU time (user + system) is used.
+
+The machine may be shared, so one figure from a few runs means little: every round runs all
+four commands back to back (in an order that alternates between rounds, so a slow spell hits
+both sides alike), each round gives its own figures, and the medians over `--rounds` rounds are
+reported, with the range and the load average before and after.
 
     startup_ms      = package run - plain run, on the one-connection capture
     overhead_ratio  = (package run - its start-up) / (plain run - its start-up), large capture
                       (1.15 means the package adds 15 % to Zeek's own per-packet work)
+
+With `--instructions` the four commands also run once each under valgrind's callgrind, which
+counts the instructions Zeek executes (all its threads, not the kernel's work): a figure the
+machine's load does not move, `overhead_ratio_instructions` (same formula), at the price of
+about a quarter of an hour on an idle core.
 
 A separate, untimed run counts the package's script events (stream_deliver, stream_undelivered,
 udp_contents) per connection with payload. The last line printed is one JSON object.
@@ -25,6 +35,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -102,19 +113,40 @@ def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, fl
     return cpu, wall, result.stdout
 
 
-def best(command: list[str], env: dict[str, str], cwd: Path, repeat: int) -> tuple[float, float]:
-    runs = [timed(command, env, cwd)[:2] for _ in range(repeat)]
-    return min(r[0] for r in runs), min(r[1] for r in runs)
+def instructions(command: list[str], env: dict[str, str], cwd: Path) -> int:
+    """Instructions one run executes, counted by callgrind."""
+    result = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={cwd}/cg.out",
+                             *command], env=env, cwd=cwd, capture_output=True, text=True,
+                            timeout=7200, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"callgrind failed on {' '.join(command)}: {result.stderr[-2000:]}")
+    (cwd / "cg.out").unlink()
+    return int(result.stderr.split("Collected :")[-1].split()[0])
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def summary(values: list[float], digits: int) -> dict[str, float]:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zeek-home", type=Path, default=os.environ.get("HEADBITS_ZEEK_HOME"))
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "pcaps")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--package", type=Path, default=PACKAGE,
+                        help="the package's scripts folder (to compare a variant)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions with valgrind (load-independent, slow)")
     args = parser.parse_args()
     if not args.zeek_home or not (Path(args.zeek_home) / "bin" / "zeek").is_file():
         sys.exit("no Zeek: pass --zeek-home or set HEADBITS_ZEEK_HOME to an unpacked Zeek")
+    if args.instructions and shutil.which("valgrind") is None:
+        sys.exit("valgrind is missing: apt-get install valgrind (or drop --instructions)")
     if shutil.which("mergecap") is None:
         sys.exit("mergecap is missing: apt-get install wireshark-common (or tshark)")
     zeek = str(Path(args.zeek_home) / "bin" / "zeek")
@@ -128,15 +160,23 @@ def main() -> None:
         (work / "stop.zeek").write_text(STOP_AT_END)
         (work / "count.zeek").write_text(COUNT_EVENTS)
         port = free_port()
-        package = [str(PACKAGE), str(work / "stop.zeek"), f"HeadBits::websocket_port={port}/tcp"]
+        package = [str(args.package), str(work / "stop.zeek"),
+                   f"HeadBits::websocket_port={port}/tcp"]
 
-        def run(capture: Path, extra: list[str]) -> tuple[float, float]:
-            return best([zeek, "-C", "-r", str(capture), *extra], env, work, args.repeat)
-
-        plain_small, plain_small_wall = run(SMALL_CAPTURE, [])
-        pkg_small, pkg_small_wall = run(SMALL_CAPTURE, package)
-        plain_large, plain_large_wall = run(merged, [])
-        pkg_large, pkg_large_wall = run(merged, package)
+        commands = {
+            "plain_small": [zeek, "-C", "-r", str(SMALL_CAPTURE)],
+            "package_small": [zeek, "-C", "-r", str(SMALL_CAPTURE), *package],
+            "plain_large": [zeek, "-C", "-r", str(merged)],
+            "package_large": [zeek, "-C", "-r", str(merged), *package],
+        }
+        load_before = load_average()
+        rounds: list[dict[str, tuple[float, float]]] = []
+        for number in range(args.rounds):
+            order = list(commands) if number % 2 == 0 else list(reversed(commands))
+            rounds.append({name: timed(commands[name], env, work)[:2] for name in order})
+        load_after = load_average()
+        counts = ({name: instructions(command, env, work) for name, command in commands.items()}
+                  if args.instructions else None)
         _, _, counted = timed([zeek, "-C", "-r", str(merged), *package, str(work / "count.zeek")],
                               env, work)
         events, connections, most = (int(v) for v in counted.split("EVENTS")[-1].split())
@@ -145,31 +185,49 @@ def main() -> None:
         packets = int(info[-1])
         size = merged.stat().st_size
 
-    startup = pkg_small - plain_small
-    overhead = (pkg_large - pkg_small) / (plain_large - plain_small)
+    cpu = {name: [r[name][0] for r in rounds] for name in commands}
+    wall = {name: [r[name][1] for r in rounds] for name in commands}
+    startups = [(r["package_small"][0] - r["plain_small"][0]) * 1000 for r in rounds]
+    ratios = [(r["package_large"][0] - r["package_small"][0])
+              / (r["plain_large"][0] - r["plain_small"][0]) for r in rounds]
+    plain_large = statistics.median(cpu["plain_large"])
+    pkg_large = statistics.median(cpu["package_large"])
+    plain_small = statistics.median(cpu["plain_small"])
+    pkg_small = statistics.median(cpu["package_small"])
     figures = {
         "captures_merged": len(inputs),
         "merged_bytes": size,
         "packets": packets,
-        "plain_cpu_s": round(plain_large, 3),
-        "package_cpu_s": round(pkg_large, 3),
-        "plain_wall_s": round(plain_large_wall, 3),
-        "package_wall_s": round(pkg_large_wall, 3),
-        "plain_startup_cpu_s": round(plain_small, 3),
-        "package_startup_cpu_s": round(pkg_small, 3),
-        "startup_wall_delta_ms": round((pkg_small_wall - plain_small_wall) * 1000, 1),
+        "rounds": len(rounds),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "plain_cpu_s": summary(cpu["plain_large"], 3),
+        "package_cpu_s": summary(cpu["package_large"], 3),
+        "plain_wall_s": summary(wall["plain_large"], 3),
+        "package_wall_s": summary(wall["package_large"], 3),
+        "plain_startup_cpu_s": summary(cpu["plain_small"], 3),
+        "package_startup_cpu_s": summary(cpu["package_small"], 3),
+        "startup_ms_range": summary(startups, 1),
+        "overhead_ratio_range": summary(ratios, 3),
         "script_events": events,
         "connections_with_events": connections,
         "events_per_connection": round(events / max(connections, 1), 2),
         "max_events_one_connection": most,
-        "startup_ms": round(startup * 1000, 1),
-        "overhead_ratio": round(overhead, 3),
+        **({} if counts is None else {
+            "instructions": counts,
+            "startup_instructions_added": counts["package_small"] - counts["plain_small"],
+            "overhead_ratio_instructions": round(
+                (counts["package_large"] - counts["package_small"])
+                / (counts["plain_large"] - counts["plain_small"]), 3)}),
+        "startup_ms": round(statistics.median(startups), 1),
+        "overhead_ratio": round(statistics.median(ratios), 3),
         "target_overhead_ratio": 1.15,
         "target_startup_ms": 50,
     }
-    print(f"Zeek {len(inputs)} captures merged ({size / 1e6:.1f} MB): plain {plain_large:.2f} s "
-          f"CPU, with package {pkg_large:.2f} s; start-up {plain_small * 1000:.0f} ms plain, "
-          f"{pkg_small * 1000:.0f} ms with package")
+    print(f"Zeek {len(inputs)} captures merged ({size / 1e6:.1f} MB), medians of {len(rounds)} "
+          f"rounds: plain {plain_large:.2f} s CPU, with package {pkg_large:.2f} s; start-up "
+          f"{plain_small * 1000:.0f} ms plain, {pkg_small * 1000:.0f} ms with package; load "
+          f"average {load_before} before, {load_after} after")
     print(f"{events} package script events over {connections} connections "
           f"(mean {events / max(connections, 1):.1f}, max {most})")
     print(json.dumps(figures))

@@ -226,13 +226,22 @@ def test_strimzi_topics_follow_the_kafka_settings(rendered: dict[str, list[dict]
         code.deadletter_topic: code.deadletter_retention_days,
         code.drift_topic: code.drift_retention_days,
     }
-    topics = of_kind(rendered["production"], "KafkaTopic")
+    from headbits.scorer.emit import EmitSettings
+
+    every = of_kind(rendered["production"], "KafkaTopic")
+    emit = EmitSettings()
+    compacted = {t["spec"]["topicName"] for t in every
+                 if t["spec"]["config"].get("cleanup.policy") == "compact"}
+    assert compacted == {emit.rules_topic}, "the scorers follow the rules topic as a table"
+    topics = [t for t in every if t["spec"]["topicName"] not in compacted]
+    expected[emit.feedback_topic] = emit.feedback_retention_days
     assert {topic["spec"]["topicName"]: topic["spec"]["config"]["retention.ms"] / DAY_MS
             for topic in topics} == expected
     assert expected == {"headbits.heads.v2": 7, "headbits.features.v2": 30,
                         "headbits.alerts.v1": 90, "headbits.scores.v2": 7,
-                        "headbits.deadletter.v1": 14, "headbits.drift.v1": 30}
-    for topic in topics:
+                        "headbits.deadletter.v1": 14, "headbits.drift.v1": 30,
+                        "headbits.feedback.v1": 365}
+    for topic in every:
         assert topic["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}, \
             "an uninstall must not delete training data and alerts"
         assert topic["apiVersion"] == "kafka.strimzi.io/v1"
@@ -648,8 +657,8 @@ def written_topics(verb: str, container: dict) -> set[str]:
 # The settings fields naming the topics each verb reads (services' input stages and windows).
 CONSUMED_TOPIC_FIELDS = {
     "featurizer": ("heads_topic",),
-    "scorer": ("features_topic",),
-    "trainer": ("features_topic", "drift_topic"),
+    "scorer": ("features_topic", "rules_topic", "feedback_topic"),
+    "trainer": ("features_topic", "drift_topic", "feedback_topic"),
     "rollout": ("scores_topic", "drift_topic"),
 }
 
@@ -995,3 +1004,52 @@ def test_training_runs_write_tensorboard_files_that_a_deployment_reads(helm: Hel
     assert mount["readOnly"] and str(settings.tensorboard_dir).startswith(mount["mountPath"])
     validate_strictly([deployment, *of_kind(manifests, "Service")])
 
+
+
+def test_chart_rules_reach_the_scorer_as_the_rules_it_loads(helm: Helm, tmp_path: Path) -> None:
+    """`scorer.rules` renders into a ConfigMap mounted where the scorer's rules_file points, and
+    that file loads as the scorer loads it; with no rules, nothing is mounted."""
+    from headbits.scorer.emit import load_rules_file
+
+    values = {"scorer": {"rules": [
+        {"dst_cidr": "10.0.0.0/8", "resp_p": 5228, "predicted_protocol": "tls",
+         "comment": "Google services on 5228", "author": "netops"},
+        {"id": "zoom-stun", "transport": "udp", "resp_p": 3479, "comment": "Zoom STUN"}]}}
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(values))
+    manifests = render(helm, *VALUE_SETS["production"], "-f", str(path))
+    validate_strictly(manifests)
+    ((_, container),) = [(v, c) for v, c in headbits_containers(manifests) if v == "scorer"]
+    rules_file = Path(env_of(container)["HEADBITS_RULES_FILE"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "rules")
+    assert rules_file.parent == Path(mount["mountPath"])
+    deployment = next(m for m in of_kind(manifests, "Deployment")
+                      if m["metadata"]["name"].endswith("scorer"))
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == "rules")
+    config_map = named(manifests, "ConfigMap", volume["configMap"]["name"])
+    (tmp_path / rules_file.name).write_text(config_map["data"][rules_file.name])
+    rules = load_rules_file(tmp_path / rules_file.name)
+    assert [(r.id, r.resp_p, r.origin, r.author) for r in rules] == [
+        ("chart/0", 5228, "chart", "netops"), ("zoom-stun", 3479, "chart", "")]
+    assert "headbits.io/rules-checksum" in pod_template(deployment)["metadata"]["annotations"]
+
+    plain = render(helm, *VALUE_SETS["production"])
+    ((_, container),) = [(v, c) for v, c in headbits_containers(plain) if v == "scorer"]
+    assert "HEADBITS_RULES_FILE" not in env_of(container)
+    assert all(m["name"] != "rules" for m in container["volumeMounts"])
+
+
+def test_learning_mode_lets_the_scorer_write_the_rules_topic_it_follows(helm: Helm) -> None:
+    """The scorer always reads the rules and feedback topics; in learning mode it also writes
+    each new sensor's learning start to the rules topic, and its KafkaUser allows exactly that."""
+    def scorer_grants(*extra: str) -> dict:
+        manifests = render(helm, *VALUE_SETS["strimzi-users"], *extra)
+        (user,) = [u for u in of_kind(manifests, "KafkaUser")
+                   if u["metadata"]["name"].endswith("kafka-scorer")]
+        return kafka_user_grants(user)
+
+    plain = scorer_grants()
+    assert plain[("topic", "headbits.rules.v1")] == {"Read", "Describe"}
+    assert plain[("topic", "headbits.feedback.v1")] == {"Read", "Describe"}
+    learning = scorer_grants("--set", "scorer.settings.learning_hours=72")
+    assert learning[("topic", "headbits.rules.v1")] == {"Read", "Write", "Describe"}

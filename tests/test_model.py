@@ -33,7 +33,13 @@ from headbits.scorer.backend import (
 )
 from headbits.scorer.inprocess import SavedModelBackend
 from headbits.trainer.export import export_model
-from headbits.trainer.model import TOP_BYTES, TrainedModel, TrainingConfig, train
+from headbits.trainer.model import (
+    TOP_BYTES,
+    TrainedModel,
+    TrainingConfig,
+    byte_value_index,
+    train,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -319,3 +325,23 @@ def test_top_bytes_name_the_byte_that_was_changed(trained, splits):
     scores = trained.score(HeadBatch(changed, tls.head_lengths))
     assert np.mean(scores.top_bytes[:, 0, 0] == 1) >= 0.9
     assert scores.top_bytes.shape == (len(tls), 2, min(TOP_BYTES, N))
+
+
+def test_byte_table_index_names_position_and_value_and_absence():
+    heads = pack_heads([b"\x16\x03", b""], [b"S", b"\x00\x00\x00\x00\x00\x00\x00\x00"], 8)
+    index = byte_value_index(heads.head_bytes, heads.head_lengths.astype(np.int32), 8,
+                             8).numpy()
+    positions = 257 * np.arange(16)
+    assert (index[0] - positions).tolist() == [0x16, 3] + [256] * 6 + [ord("S")] + [256] * 7
+    # A NUL byte that was seen is value 0, not "absent".
+    assert (index[1] - positions).tolist() == [256] * 8 + [0] * 8
+    # Only the first bytes of each direction when asked for fewer.
+    first = byte_value_index(heads.head_bytes, heads.head_lengths.astype(np.int32), 8, 2).numpy()
+    assert (first - 257 * np.arange(4)).tolist() == [[0x16, 3, ord("S"), 256], [256, 256, 0, 0]]
+
+
+def test_classifier_options_are_checked():
+    with pytest.raises(ValueError, match="wide"):
+        TrainingConfig(wide="trees")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainingConfig(label_smoothing=1.0)

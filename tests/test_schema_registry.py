@@ -89,6 +89,38 @@ def test_backward_compatibility_accepts_a_defaulted_field_and_refuses_a_required
     assert client(schema_registry_url).get_versions(name) == [1, 2]
 
 
+# Fields the SOC work (suppression, aggregation, evidence, SIEM forms) added to Alert and Score.
+GROWN_FIELDS = {
+    "alert": {"community_id", "evidence", "severity", "learning", "count", "first_seen",
+              "last_seen", "uids"},
+    "score": {"suppressed_by"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(GROWN_FIELDS))
+def test_grown_alert_and_score_schemas_pass_a_backward_registry(schema_registry_url, name):
+    """The schema as it was before the grown fields is registered first; a registry in BACKWARD
+    mode must accept today's schema (readers with it read the old records) as the next version."""
+    text = resources.files("headbits.common").joinpath("schemas", f"{name}.avsc").read_text()
+    today = json.loads(text)
+    grown = [f for f in today["fields"] if f["name"] in GROWN_FIELDS[name]]
+    assert len(grown) == len(GROWN_FIELDS[name]) and all("default" in f for f in grown)
+    before = {**today, "fields": [f for f in today["fields"]
+                                  if f["name"] not in GROWN_FIELDS[name]]}
+    subject_name = subject()
+    registry = client(schema_registry_url)
+    registry.register_schema(subject_name, avro(before))
+    registry.set_compatibility(subject_name=subject_name, level="BACKWARD")
+    without_default = {**today, "fields": [
+        {k: v for k, v in f.items() if k != "default"} if f["name"] in GROWN_FIELDS[name] else f
+        for f in today["fields"]]}
+    assert client(schema_registry_url).test_compatibility(subject_name,
+                                                          avro(without_default)) is False
+    assert client(schema_registry_url).test_compatibility(subject_name, Schema(text, "AVRO"))
+    client(schema_registry_url).register_schema(subject_name, Schema(text, "AVRO"))
+    assert client(schema_registry_url).get_versions(subject_name) == [1, 2]
+
+
 def test_an_unknown_id_or_subject_is_a_clear_404(schema_registry_url):
     registry = client(schema_registry_url)
     with pytest.raises(SchemaRegistryError) as unknown_id:

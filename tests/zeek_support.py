@@ -75,15 +75,19 @@ class Zeek:
                              capture_output=True, text=True, check=True).stdout
         return out.split()[-1]
 
-    def run(self, args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.binary), *args], cwd=cwd, env=zeek_env(self.home),
+    def run(self, args: list[str], cwd: Path, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.binary), *args], cwd=cwd,
+                              env={**zeek_env(self.home), **(env or {})},
                               capture_output=True, text=True, timeout=timeout, check=False)
 
-    def start(self, args: list[str], cwd: Path) -> subprocess.Popen:
+    def start(self, args: list[str], cwd: Path,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         """Zeek in the background; its output goes to `cwd`/zeek.out and zeek.err (files, so
-        a full pipe can never stall it)."""
+        a full pipe can never stall it). `env` adds variables (a cluster node's CLUSTER_NODE)."""
         with (cwd / "zeek.out").open("w") as out, (cwd / "zeek.err").open("w") as err:
-            return subprocess.Popen([str(self.binary), *args], cwd=cwd, env=zeek_env(self.home),
+            return subprocess.Popen([str(self.binary), *args], cwd=cwd,
+                                    env={**zeek_env(self.home), **(env or {})},
                                     stdout=out, stderr=err)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from headbits.common.avro import DecodeError, ValueCodec, open_registry
@@ -50,6 +51,8 @@ from headbits.common.readiness import KafkaReadiness
 from headbits.common.settings import setting
 
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
+JSON_VALUES = "json"
+"""The `schema` of an output written as one JSON object per message (for SIEMs), not Avro."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,9 @@ class Runtime:
                 self.log.info("created topics", extra=fields(topics=created))
 
     def produce(self, topic: str, schema: str, records: list[dict], keys: list[str]) -> None:
+        if schema == JSON_VALUES:
+            self.producer.produce_many(topic, [orjson.dumps(r) for r in records], keys)
+            return
         codec = self.codec(schema, topic)
         self.producer.produce_many(topic, codec.encode_many(records), keys, codec.headers)
 

@@ -67,11 +67,14 @@ from headbits.scorer.backend import (
     disagreement,
 )
 from headbits.scorer.drift import DriftMonitor
+from headbits.scorer.emit import AlertEmitter, EmitSettings
 from headbits.scorer.zeek_notices import ZeekAlertPublisher
 
 
 @dataclass(frozen=True)
-class ScorerSettings(ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, DriftTopic):
+class ScorerSettings(
+    ServiceSettings, FeaturesTopic, AlertsTopic, ScoresTopic, DriftTopic, EmitSettings
+):
     backend: str = setting("inprocess", "inprocess (SavedModel in this process) or tfserving")
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"
@@ -125,6 +128,7 @@ class ScorerStage(Stage):
         self, backend: ScoringBackend, alerts_topic: str, scores_topic: str | None,
         shadow: ScoringBackend | None = None, rule: AlertRule = DEFAULT_RULE,
         drift: DriftReporter | None = None, notices: ZeekAlertPublisher | None = None,
+        emitter: AlertEmitter | None = None,
     ):
         if shadow is not None and scores_topic is None:
             raise ValueError("shadow scoring writes to the scores topic: give scores_topic")
@@ -135,6 +139,7 @@ class ScorerStage(Stage):
         self._rule = rule
         self._drift = drift
         self._notices = notices
+        self.emitter = emitter or AlertEmitter()
         self.shadow_metrics: ShadowMetrics | None = None
 
     def attach(self, runtime: Runtime) -> None:
@@ -142,9 +147,10 @@ class ScorerStage(Stage):
             self.shadow_metrics = ShadowMetrics(runtime.metrics.registry)
         if self._drift is not None:
             self._drift.attach(runtime)
+        self.emitter.attach(runtime)
 
     def output_schemas(self) -> dict[str, str]:
-        schemas = {self._alerts_topic: "alert"}
+        schemas = {self._alerts_topic: "alert", **self.emitter.output_schemas()}
         if self._scores_topic:
             schemas[self._scores_topic] = "score"
         if self._drift is not None:
@@ -187,10 +193,15 @@ class ScorerStage(Stage):
                         sensors.append(part.column("sensor"))
             if self._drift is not None:
                 drifts += self._drift.observe(part.column("sensor").to_pylist(), scores, verdicts)
+        # Emit-time step (suppression, learning, aggregation, SIEM forms): scorer/emit.py.
+        marks = ScoreMarks(everything)
+        emitted = self.emitter.emit(unique.column("sensor").to_pylist(), alerts, marks)
+        everything = marks.applied()
+        alerts = emitted.alerts
         outputs: list[Output | TableOutput] = [
-            Output(self._alerts_topic, alerts, [a["uid"] for a in alerts])]
+            Output(self._alerts_topic, alerts, [a["uid"] for a in alerts]), *emitted.outputs]
         if self._notices is not None:
-            self._notices.publish(alerts)
+            self._notices.publish([alert for alert in alerts if not alert["learning"]])
         if self._scores_topic:
             outputs.append(TableOutput(self._scores_topic, pa.concat_tables(everything),
                                        pa.chunked_array(sensors)))
@@ -212,6 +223,33 @@ class ScorerStage(Stage):
         if self.shadow_metrics is not None:
             self.shadow_metrics.observe(disagreement(primary, shadow))
         return score_table(part, shadow, verdicts_of_table(part, shadow, self._rule))
+
+
+class ScoreMarks:
+    """The Score tables of a batch as the emit step's Score records: rows become records (uid,
+    model_version) only when the step walks them, which it does only for a batch with a
+    suppressed alert; `applied()` writes back the `suppressed_by` it set."""
+
+    def __init__(self, tables: list[pa.Table]) -> None:
+        self._tables = tables
+        self._records: list[list[dict]] | None = None
+
+    def __iter__(self):
+        if self._records is None:
+            self._records = [
+                [{"uid": uid, "model_version": version} for uid, version in zip(
+                    table.column("uid").to_pylist(), table.column("model_version").to_pylist(),
+                    strict=True)]
+                for table in self._tables]
+        return (record for records in self._records for record in records)
+
+    def applied(self) -> list[pa.Table]:
+        if self._records is None:
+            return self._tables
+        column = "suppressed_by"
+        return [table.set_column(table.schema.get_field_index(column), column, pa.array(
+                    [record.get(column, "") for record in records], pa.string()))
+                for table, records in zip(self._tables, self._records, strict=True)]
 
 
 def score_bisecting(
@@ -384,8 +422,11 @@ def run(args: argparse.Namespace) -> int:
         stage = ScorerStage(backend, settings.alerts_topic,
                             settings.scores_topic if writes_scores else None, shadow,
                             AlertRule(settings.alert_rate, settings.alert_midstream),
-                            make_drift(settings), notices)
-        return run_stage(stage, settings, settings.features_topic)
+                            make_drift(settings), notices, AlertEmitter(settings))
+        try:
+            return run_stage(stage, settings, settings.features_topic)
+        finally:
+            stage.emitter.close()
     finally:
         if notices is not None:
             notices.close()

@@ -51,6 +51,9 @@ class EvalSettings:
     folds: int = setting(3, "cross-validation folds over capture files")
     min_class_rows: int = setting(20, "training rows a protocol needs to become a class")
     max_epochs: int = setting(60, "upper bound on epochs per fold (early stopping ends sooner)")
+    calibration_folds: int = setting(
+        0, "cross-fit each fold's tail calibration over K groups of its training files (as "
+           "`headbits train --calibration-folds`)")
     bootstrap: int = setting(200, "bootstrap repetitions over files for the intervals")
     leave_protocol_out: int = setting(
         0, "also, for the K protocols with the most capture files (at least --folds), train "
@@ -118,6 +121,7 @@ def cross_validate(
         n=n, baseline=(settings.baseline,) if baseline is None else baseline,
         min_class_rows=settings.min_class_rows,
         max_epochs=settings.max_epochs, seed=settings.seed,
+        calibration_folds=settings.calibration_folds,
     )
     folds = range(settings.folds) if folds_to_run is None else folds_to_run
     for fold in tqdm(folds, desc=f"N={n} folds", disable=not progress):
@@ -163,51 +167,61 @@ def test_on_corpus(
         folds_to_run=(0,), run_name="test-corpus")
 
 
-def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int) -> list[dict]:
-    """One row per protocol with enough held-out rows: AUROC vs the baseline, and the 1-bit one.
+ALL_OTHERS = "all others"
+"""The pair-table row that compares the baseline with every other labelled protocol at once."""
 
-    Every labelled flow counts; the `*_gap_free` figures repeat them on the flows whose heads
-    start at the stream start of both directions (no gap flag), because capture snippets that
-    begin mid-stream show bytes no opening-bytes model can judge.
+
+def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int) -> list[dict]:
+    """One row per protocol with enough held-out rows: AUROC vs the baseline, and the 1-bit one;
+    a last row (`ALL_OTHERS`) pools every other labelled protocol.
+
+    The figures are taken on gap-free flows (heads that start at the stream start of both
+    directions): a mid-stream head is scored but never alerts by default, and its bytes are no
+    protocol's opening. The `*_all_flows` figures repeat them on every labelled flow.
     """
     labels = scores.data.label_array()
-    gap_free = np.array([not (h.orig_gap or h.resp_gap) for h in scores.data.heads], dtype=bool)
+    gap_free = np.array([not head.midstream for head in scores.data.heads], dtype=bool)
     groups = np.array(scores.data.groups, dtype=object)
     sources = np.array(scores.data.label_sources, dtype=object)
     is_baseline = labels == baseline
+    others = [(protocol, labels == protocol) for protocol, count in
+              Counter(labels[~is_baseline]).most_common() if count >= MIN_PAIR_ROWS]
+    if others:
+        others.append((ALL_OTHERS, ~is_baseline & (labels != UNKNOWN)))
     rows = []
-    for protocol, count in Counter(labels[~is_baseline]).most_common():
-        if count < MIN_PAIR_ROWS:
-            continue
-        members = np.flatnonzero(is_baseline | (labels == protocol))
-        positive = labels[members] == protocol
+    for protocol, is_protocol in others:
+        members = np.flatnonzero(is_baseline | is_protocol)
+        positive = is_protocol[members]
 
         def model_auroc(picked: np.ndarray, members=members, positive=positive,
                         values=scores.reconstruction_error) -> float:
             chosen = values[members][picked]
             return accuracy.auroc(chosen[~positive[picked]], chosen[positive[picked]])
 
+        def ones_auroc(picked: np.ndarray, members=members, positive=positive) -> float:
+            chosen = scores.ones[members][picked]
+            return accuracy.either_way_auroc(accuracy.auroc(chosen[~positive[picked]],
+                                                            chosen[positive[picked]]))
+
         everything = np.arange(len(members))
-        ones = scores.ones[members]
-        ones_auroc = accuracy.auroc(ones[~positive], ones[positive])
         complete = np.flatnonzero(gap_free[members])
-        complete_ones = accuracy.auroc(ones[complete][~positive[complete]],
-                                      ones[complete][positive[complete]])
-        low, high = accuracy.bootstrap_interval(groups[members], model_auroc, repetitions, seed)
+        low, high = accuracy.bootstrap_interval(
+            groups[members][complete], lambda picked, complete=complete, f=model_auroc: f(
+                complete[picked]), repetitions, seed)
         rows.append({
             "protocol": protocol,
-            "rows": int(count),
-            "files": len(set(groups[labels == protocol])),
-            "auroc": model_auroc(everything),
+            "rows": int(positive[complete].sum()),
+            "files": len(set(groups[members][complete][positive[complete]])),
+            "auroc": model_auroc(complete),
             "auroc_low": low,
             "auroc_high": high,
-            "ones_fraction_auroc": accuracy.either_way_auroc(ones_auroc),
-            "rows_gap_free": int(positive[complete].sum()),
-            "auroc_gap_free": model_auroc(complete),
-            "ones_fraction_auroc_gap_free": accuracy.either_way_auroc(complete_ones),
-            "alert_auroc": model_auroc(everything, values=scores.alert_margin),
-            "alert_auroc_gap_free": model_auroc(complete, values=scores.alert_margin),
-            "label_sources": dict(Counter(sources[labels == protocol]).most_common()),
+            "alert_auroc": model_auroc(complete, values=scores.alert_margin),
+            "ones_fraction_auroc": ones_auroc(complete),
+            "rows_all_flows": int(positive.sum()),
+            "auroc_all_flows": model_auroc(everything),
+            "alert_auroc_all_flows": model_auroc(everything, values=scores.alert_margin),
+            "ones_fraction_auroc_all_flows": ones_auroc(everything),
+            "label_sources": dict(Counter(sources[is_protocol]).most_common()),
         })
     return rows
 
@@ -363,8 +377,11 @@ def evaluate(
             judged_rows(scores) & scores.trained_protocol], settings.out_dir / f"rates_n{n}.png", n)
         report.plot_error_histograms(scores.data.label_array(), scores.reconstruction_error,
                                      settings.baseline, settings.out_dir / f"errors_n{n}.png", n)
-        report.plot_roc_curves(scores.data.label_array(), scores.reconstruction_error,
-                               scores.ones, settings.baseline, pairs,
+        gap_free = np.array([not head.midstream for head in scores.data.heads], dtype=bool)
+        report.plot_roc_curves(scores.data.label_array()[gap_free],
+                               scores.reconstruction_error[gap_free], scores.ones[gap_free],
+                               settings.baseline,
+                               [pair for pair in pairs if pair["protocol"] != ALL_OTHERS],
                                settings.out_dir / f"roc_n{n}.png", n)
         report.plot_confusion(classifier, settings.out_dir / f"confusion_n{n}.png", n)
     if settings.leave_protocol_out and test_corpus is None:

@@ -59,6 +59,9 @@ TENSORFLOW_THREADS = min(2, os.cpu_count() or 1)
 VALIDATION_BATCH_ROWS = 4096
 TOP_BYTES = 4
 """Byte offsets per direction an alert names as deviating most."""
+WIDE_BYTES = 16
+"""Bytes per direction the classifier's byte-value table reads: past a protocol's fixed opening
+the bytes are nonces and lengths, whose exact values a table would only memorise."""
 NOVELTY_REFERENCE_ROWS = 20000
 """Training rows the novelty model's means and covariance are estimated from (a sample)."""
 
@@ -100,6 +103,10 @@ class TrainingConfig:
     classifier_hidden: int = 0  # the classifier branch's width; 0 scales with N: 8N
     classifier_dropout: float = 0.2
     class_balance: float = 0.5  # class weights are (mean count / class count) ** class_balance
+    wide: str = "bytes"  # a linear term added to the class logits: "bytes" (one weight vector per
+    # byte position and value, "absent" included), "bits" (on bits + mask) or "" (none)
+    label_smoothing: float = 0.0
+    deep_auxiliary: bool = True  # with a wide part, the deep part's own logits are trained too
     weight_bits: bool = True  # weigh each bit's error by how predictable normal traffic makes it
     seed: int = 0
 
@@ -115,6 +122,10 @@ class TrainingConfig:
                                           self.class_balance, self.classifier_hidden) < 0:
             raise ValueError("learning_rate must be positive, classifier_weight, "
                              "min_improvement, class_balance and classifier_hidden >= 0")
+        if self.wide not in ("bytes", "bits", ""):
+            raise ValueError(f"wide {self.wide!r} is not 'bytes', 'bits' or ''")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing {self.label_smoothing} is not in [0, 1)")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout {self.classifier_dropout} is not in [0, 1)")
 
@@ -149,6 +160,18 @@ def unpack_heads(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int) -> tupl
     seen = tf.range(n, dtype=tf.int32)[None, None, :] < lengths[:, :, None]  # [B, 2, N]
     mask = tf.repeat(tf.reshape(tf.cast(seen, tf.float32), [-1, 2 * n]), 8, axis=1)
     return bits * mask, mask
+
+
+def byte_value_index(head_bytes: tf.Tensor, head_lengths: tf.Tensor, n: int,
+                     first: int) -> tf.Tensor:
+    """int32 [B, 2F]: of the first F = min(first, N) bytes per direction, position * 257 + byte
+    value, value 256 where the byte was not seen."""
+    first = min(first, n)
+    lengths = tf.clip_by_value(tf.cast(head_lengths, tf.int32), 0, n)
+    seen = tf.range(first, dtype=tf.int32)[None, None, :] < lengths[:, :, None]  # [B, 2, F]
+    values = tf.reshape(tf.cast(head_bytes, tf.int32), [-1, 2, n])[:, :, :first]
+    values = tf.reshape(tf.where(seen, values, 256), [-1, 2 * first])
+    return values + 257 * tf.range(2 * first, dtype=tf.int32)[None, :]
 
 
 def bit_losses(bits: tf.Tensor, mask: tf.Tensor, bit_logits: tf.Tensor) -> tf.Tensor:
@@ -210,6 +233,19 @@ class HeadbitsNetwork(keras.Model):
         self.classifier = dense(config.classifier_size, activation="relu", name="classifier")
         self.classifier_dropout = keras.layers.Dropout(config.classifier_dropout)
         self.class_logits = dense(n_classes, name="class_logits")
+        self.wide = config.wide
+        if config.wide == "bytes":
+            self.wide_logits = keras.layers.Embedding(2 * min(config.n, WIDE_BYTES) * 257,
+                                                      n_classes,
+                                                      embeddings_initializer="zeros",
+                                                      name="wide_logits")
+        elif config.wide == "bits":
+            self.wide_logits = dense(n_classes, use_bias=False, name="wide_logits")
+        else:
+            self.wide_logits = None
+        self.label_smoothing = config.label_smoothing
+        self.deep_auxiliary = config.deep_auxiliary
+        self.n_classes = n_classes
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.classifier_tracker = keras.metrics.Mean(name="classifier_loss")
@@ -225,8 +261,23 @@ class HeadbitsNetwork(keras.Model):
         hidden = self.code(hidden)
         for layer in self.decoder:
             hidden = layer(hidden)
-        classes = self.classifier_dropout(self.classifier(features), training=training)
-        return bits, mask, self.bit_logits(hidden), self.class_logits(classes)
+        _, class_logits, deep_logits = self.classify(features, head_bytes, head_lengths,
+                                                     training)
+        return bits, mask, self.bit_logits(hidden), class_logits, deep_logits
+
+    def classify(self, features: tf.Tensor, head_bytes: tf.Tensor, head_lengths: tf.Tensor,
+                 training: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """[B, 32N] bits*mask ++ mask -> (the classifier's hidden layer [B, H], logits [B, C],
+        the deep part's own logits [B, C])."""
+        hidden = self.classifier(features)
+        deep_logits = self.class_logits(self.classifier_dropout(hidden, training=training))
+        logits = deep_logits
+        if self.wide == "bytes":
+            logits = logits + tf.reduce_sum(self.wide_logits(
+                byte_value_index(head_bytes, head_lengths, self.n, WIDE_BYTES)), axis=1)
+        elif self.wide == "bits":
+            logits = logits + self.wide_logits(features)
+        return hidden, logits, deep_logits
 
     def classifier_features(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> tf.Tensor:
         """[B, H]: the classifier's hidden layer, where the novelty model measures distances."""
@@ -239,13 +290,23 @@ class HeadbitsNetwork(keras.Model):
 
     def _step_loss(self, data, training: bool) -> tf.Tensor:
         (head_bytes, head_lengths), (labels, autoencoder_rows, class_weights) = data
-        bits, mask, bit_logits, class_logits = self((head_bytes, head_lengths), training=training)
+        bits, mask, bit_logits, class_logits, deep_logits = self((head_bytes, head_lengths),
+                                                                 training=training)
         normal_mask = mask * tf.cast(autoencoder_rows, tf.float32)[:, None]
         reconstruction = tf.math.divide_no_nan(
             tf.reduce_sum(bit_losses(bits, normal_mask, bit_logits)), tf.reduce_sum(normal_mask)
         )
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.cast(labels, tf.int32), logits=class_logits)
+        targets = tf.one_hot(tf.cast(labels, tf.int32), self.n_classes)
+        if self.label_smoothing:
+            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.n_classes
+        cross_entropy = tf.nn.softmax_cross_entropy_with_logits(labels=targets,
+                                                                logits=class_logits)
+        if self.wide and self.deep_auxiliary:
+            # The deep part learns to classify on its own too: its hidden layer, where the
+            # novelty distances are measured, then stays as discriminative as without the
+            # wide part, which otherwise takes over most of the work.
+            cross_entropy += tf.nn.softmax_cross_entropy_with_logits(labels=targets,
+                                                                     logits=deep_logits)
         classifier = tf.math.divide_no_nan(tf.reduce_sum(cross_entropy * class_weights),
                                            tf.reduce_sum(class_weights))
         total = reconstruction + self.classifier_weight * classifier
@@ -324,8 +385,9 @@ class ScoringGraph(tf.Module):
         for layer in self.network.decoder:
             hidden = layer(hidden)
         bit_logits = self.network.bit_logits(hidden)
-        classifier_hidden = self.network.classifier(features)
-        probs = tf.nn.softmax(self.network.class_logits(classifier_hidden), axis=1)
+        classifier_hidden, class_logits, _ = self.network.classify(features, head_bytes,
+                                                                    head_lengths)
+        probs = tf.nn.softmax(class_logits, axis=1)
         predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
         weighted_mask = mask * self.bit_weights[None, :]
         losses = bit_losses(bits, weighted_mask, bit_logits)
@@ -374,7 +436,7 @@ class ScoringGraph(tf.Module):
 
     def _bit_loss_sums(self, head_bytes: tf.Tensor, head_lengths: tf.Tensor) -> tf.Tensor:
         """[2, 16N]: per bit, the summed unweighted loss and how many rows saw it."""
-        bits, mask, bit_logits, _ = self.network((head_bytes, head_lengths))
+        bits, mask, bit_logits, _, _ = self.network((head_bytes, head_lengths))
         return tf.stack([tf.reduce_sum(bit_losses(bits, mask, bit_logits), axis=0),
                          tf.reduce_sum(mask, axis=0)])
 
@@ -442,8 +504,11 @@ class TrainedModel:
             "decoder": [*reversed(sizes), 16 * self.config.n],
             "activations": "relu; sigmoid bit output; softmax classes",
             "classifier": f"input -> {self.config.classifier_size} relu -> dropout "
-                          f"{self.config.classifier_dropout} -> softmax over "
-                          f"{len(self.classes)} classes",
+                          f"{self.config.classifier_dropout} -> logits"
+                          + {"bytes": f" + a weight vector per value of each of the first "
+                                      f"{min(self.config.n, WIDE_BYTES)} bytes per direction",
+                             "bits": " + linear on bits + mask", "": ""}[self.config.wide]
+                          + f" -> softmax over {len(self.classes)} classes",
             "loss": "masked bit-wise BCE on normal rows + classifier_weight * class-balanced "
                     "sparse CE",
             "error": "mean bit-wise BCE over seen bits, weighted by each bit's predictability "
@@ -464,6 +529,7 @@ def train(
     progress: bool = True,
     novelty_labels: Sequence[str] | None = None,
     log_dir: Path | None = None,
+    cross_fitted_tails: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainedModel:
     """Train with early stopping on `validation`, then calibrate on its normal rows.
 
@@ -473,7 +539,9 @@ def train(
     score measures distances to: with the real labels, a protocol too rare to be a class is still
     near its own mean, so it is normal, not novel. Thresholds and tail probabilities are set on
     validation rows only: capture groups the weights never learned. With `log_dir`, the run
-    writes TensorBoard event files there (trainer/tensorboard.py).
+    writes TensorBoard event files there (trainer/tensorboard.py). `cross_fitted_tails`
+    (novelty scores, predicted class indices) are more held-out normal scores for the tail
+    calibration, each from a model that did not train on its row (see `train.fit`).
     """
     classes = tuple(classes)
     weights = class_weights(train_labels, len(classes), config.class_balance)
@@ -519,9 +587,12 @@ def train(
     every_opening = validation.head_lengths.sum(axis=1) > 0
     tails = score_in_chunks(graph.serve, heads_for_model(validation, config.n).select(
         every_opening), model)
-    graph.set_tail_calibration(tail_calibration(
-        tails.novelty_score, np.argmax(tails.protocol_probs, axis=1), len(classes),
-        config.min_threshold_rows))
+    tail_scores, tail_classes = tails.novelty_score, np.argmax(tails.protocol_probs, axis=1)
+    if cross_fitted_tails is not None:
+        tail_scores = np.concatenate([tail_scores, cross_fitted_tails[0]])
+        tail_classes = np.concatenate([tail_classes, cross_fitted_tails[1]])
+    graph.set_tail_calibration(tail_calibration(tail_scores, tail_classes, len(classes),
+                                                config.min_threshold_rows))
     calibration_rows = np.bincount(predicted, minlength=len(classes))
     if log_dir is not None:
         tensorboard.write_calibration(log_dir, classes, thresholds, calibration_rows,

@@ -7,6 +7,8 @@ group id and nothing committed: no service's consumer group notices. Only rows w
 protocol Zeek's parsers confirmed teach; port-labelled rows (what an attacker fakes) are counted
 and left out, from training and from evaluation alike.
 Undecodable records are counted and logged, not dead-lettered again (upstream did that).
+Analysts' verdicts (headbits.feedback.v1) label their connections: benign ones teach as the
+analyst's protocol, malicious ones are left out (trainer/feedback.py); the window counts both.
 The most recent --holdout-fraction of the rows by connection time is held out; the rest trains a
 new version (validation split by sensor and hour), written to <models>/headbits/<version>/.
 Candidate and current `stable` are scored on the held-out rows; the figures and the gate's
@@ -39,6 +41,7 @@ from headbits.common.columnar import RowDecoder
 from headbits.common.kafka import (
     DriftTopic,
     FeaturesTopic,
+    FeedbackTopic,
     KafkaConnection,
     KafkaException,
     read_offset_ranges,
@@ -56,6 +59,7 @@ from headbits.common.settings import (
 )
 from headbits.trainer.controller import drift_crossings
 from headbits.trainer.dataset import LabelledHeads
+from headbits.trainer.feedback import read_verdicts
 from headbits.trainer.gate import GateSettings, failing_metrics, gate_failures, holdout_metrics
 from headbits.trainer.rollout import ModelSettings, Repository
 from headbits.trainer.train import TrainSettings, describe
@@ -77,7 +81,8 @@ PROGRESS_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class TrainerSettings(
-    GateSettings, TrainSettings, ModelSettings, KafkaConnection, FeaturesTopic, DriftTopic
+    GateSettings, TrainSettings, ModelSettings, KafkaConnection, FeaturesTopic, DriftTopic,
+    FeedbackTopic,
 ):
     """Kafka, model repository (`headbits model`'s names), training and gate settings in one.
 
@@ -156,6 +161,7 @@ def read_window(settings: TrainerSettings, log: logging.Logger, now: float) -> W
     registry = open_registry(settings)
     codec = RowDecoder("features", topic, registry)
     counts = WindowCounts()
+    verdicts = read_verdicts(settings, settings.feedback_topic, since)  # analysts' labels
     sample = StratifiedReservoir(sample_rows(settings), settings.seed)
     first_undecodable = ""
     last_report = time.monotonic()
@@ -169,12 +175,12 @@ def read_window(settings: TrainerSettings, log: logging.Logger, now: float) -> W
                 if not first_undecodable:
                     first_undecodable = f"{topic}/{message.partition()}/{message.offset()}: {error}"
             if len(records) >= settings.read_batch_size:  # a .v2 message holds many rows:
-                sample.add(screen(records, settings.n, counts))  # bounded, whatever the format
-                records = []
+                sample.add(screen(verdicts.apply(records, counts), settings.n, counts))
+                records = []  # bounded, whatever the format
         if time.monotonic() - last_report > PROGRESS_SECONDS:
             last_report = time.monotonic()
             log.info("reading", extra=fields(**counts.to_dict()))
-    sample.add(screen(records, settings.n, counts))
+    sample.add(screen(verdicts.apply(records, counts), settings.n, counts))
     counts.undecodable += codec.bad_rows
     if counts.undecodable:
         log.warning("undecodable records skipped (dead-lettered upstream already)", extra=fields(

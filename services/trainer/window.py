@@ -172,6 +172,8 @@ class WindowCounts:
     labels: Counter = field(default_factory=Counter)
     duplicates: int = 0  # parser-labelled records whose uid was already sampled
     strata: dict = field(default_factory=dict)  # "protocol@sensor" -> rows seen and kept
+    feedback_benign: int = 0  # rows an analyst marked benign: taught with the analyst's label
+    feedback_malicious: int = 0  # rows an analyst marked malicious: left out
 
     @property
     def read(self) -> int:
@@ -188,6 +190,8 @@ class WindowCounts:
             "parser_labels": dict(self.labels.most_common()),
             "duplicate_uids": self.duplicates,
             "strata": self.strata,
+            "feedback_benign": self.feedback_benign,
+            "feedback_malicious_left_out": self.feedback_malicious,
         }
 
 

@@ -107,24 +107,29 @@ type Direction: record {
 	seen: count &default=0;
 	## Published gap flag: a hole before the head was complete, or the stream start unseen.
 	gap: bool &default=F;
-	## The head can grow no more (a hole was hit).
-	stopped: bool &default=F;
+	## The head can grow no more: it has head_bytes bytes, or it stopped at a hole.
+	full: bool &default=F;
 };
 
 type State: record {
-	orig: Direction &default=Direction();
-	resp: Direction &default=Direction();
-	## Heads published, or the connection is not collected: later deliveries are ignored.
-	done: bool &default=F;
+	orig: Direction;
+	resp: Direction;
+	## A TCP connection (stream-event analyzer); else UDP (udp_contents).
+	tcp: bool;
 	## Chunks delivered since the first head was complete.
 	chunks_after_full: count &default=0;
 	## The connection, to publish its heads when a capture file ends (Pcap::file_done).
-	id: conn_id &optional;
+	id: conn_id;
 };
 
-## Per-connection state, freed in connection_state_remove: two strings of at most head_bytes
-## while collecting, an empty record once done.
+## Connections collecting heads: two strings of at most head_bytes each. An entry moves to
+## `finished` when its heads are published; both are freed in connection_state_remove.
 global states: table[string] of State;
+
+## Connections published or not collected (ineligible, or a tunnel's outer flow): their later
+## deliveries are ignored after one lookup. Only UDP needs it for long (a TCP connection's
+## analyzer is turned off), since udp_contents has no per-connection switch.
+global finished: set[string];
 
 function in_subnets(a: addr, subnets: set[subnet]): bool
 	{
@@ -141,78 +146,72 @@ function eligible(c: connection): bool
 	local p = c$id$resp_p;
 	if ( |include_ports| > 0 && p !in include_ports )
 		return F;
-	if ( p in exclude_ports )
+	if ( |exclude_ports| > 0 && p in exclude_ports )
 		return F;
 	if ( |include_subnets| > 0 && ! ( in_subnets(c$id$orig_h, include_subnets) )
 	     && ! ( in_subnets(c$id$resp_h, include_subnets) ) )
 		return F;
-	if ( in_subnets(c$id$orig_h, exclude_subnets) || in_subnets(c$id$resp_h, exclude_subnets) )
+	if ( |exclude_subnets| > 0 && ( in_subnets(c$id$orig_h, exclude_subnets)
+	     || in_subnets(c$id$resp_h, exclude_subnets) ) )
 		return F;
 	if ( sample_rate < 1.0 && rand(1000000) >= double_to_count(sample_rate * 1000000.0) )
 		return F;
 	return T;
 	}
 
-## A connection's state, created on first sight, when eligibility (and the sample draw) is
-## decided once and for all.
-function state_of(c: connection): State
+## A connection seen for the first time (in neither table): eligibility (and the sample draw)
+## is decided once and for all. Returns T when its heads are collected (its state is then in
+## `states`).
+function start_collecting(c: connection, tcp: bool): bool
 	{
-	if ( c$uid in states )
-		return states[c$uid];
-	local s = State($id=c$id);
-	s$done = ! eligible(c);
 	if ( skip_tunnels && c?$tunnel && |c$tunnel| > 0 )
 		{
 		local outer = c$tunnel[|c$tunnel| - 1];
 		if ( outer?$uid )
-			states[outer$uid] = State($done=T);
+			{
+			delete states[outer$uid];
+			add finished[outer$uid];
+			}
 		}
-	states[c$uid] = s;
-	return s;
-	}
-
-function direction_full(d: Direction): bool
-	{
-	return d$stopped || |d$head| >= head_bytes;
+	# The size checks spare the call to eligible() in the default configuration.
+	if ( ( |include_ports| > 0 || |exclude_ports| > 0 || |include_subnets| > 0
+	       || |exclude_subnets| > 0 || sample_rate < 1.0 ) && ! eligible(c) )
+		{
+		add finished[c$uid];
+		return F;
+		}
+	states[c$uid] = State($orig=Direction(), $resp=Direction(), $tcp=tcp, $id=c$id);
+	return T;
 	}
 
 function publish_heads(c: connection, s: State)
 	{
-	s$done = T;
+	delete states[c$uid];
+	add finished[c$uid];
 	if ( hook publish_policy(c, s$orig$head, s$resp$head, s$orig$gap, s$resp$gap) )
-		Cluster::publish(topic, payload_head, c$uid, c$id,
-		    get_port_transport_proto(c$id$resp_p), c$service, encode_base64(s$orig$head),
-		    encode_base64(s$resp$head), s$orig$seen,
+		Cluster::publish(topic, payload_head, c$uid, c$id, s$tcp ? tcp : udp, c$service,
+		    encode_base64(s$orig$head), encode_base64(s$resp$head), s$orig$seen,
 		    s$resp$seen, s$orig$gap, s$resp$gap, time_to_double(c$start_time));
-	s$orig = Direction();
-	s$resp = Direction();
 	}
 
-## Start of a TCP stream not seen (no SYN from that side in the history): the head is kept but
-## flagged, as it may not start at byte 0.
-function stream_start_missing(c: connection, is_orig: bool): bool
+## Append a chunk to one direction; returns T once the heads are published (no more chunks
+## wanted). The hot path of the package: written with as few calls and lookups as it can.
+function add_chunk(c: connection, s: State, is_orig: bool, data: string): bool
 	{
-	if ( get_port_transport_proto(c$id$resp_p) != tcp )
-		return F;
-	if ( is_orig )
-		return /S/ !in c$history;
-	return /[hs]/ !in c$history;
-	}
-
-## Append a chunk to one direction; returns T once no more chunks are wanted.
-function add_bytes(c: connection, is_orig: bool, data: string): bool
-	{
-	local s = state_of(c);
-	if ( s$done )
-		return T;
 	local d = is_orig ? s$orig : s$resp;
-	if ( d$seen == 0 && |data| > 0 && stream_start_missing(c, is_orig) )
+	# Start of a TCP stream not seen (no SYN from that side in the history): the head is kept
+	# but flagged, as it may not start at byte 0.
+	if ( d$seen == 0 && s$tcp && |data| > 0
+	     && ( is_orig ? /S/ !in c$history : /[hs]/ !in c$history ) )
 		d$gap = T;
 	d$seen += |data|;
-	local was_full = direction_full(s$orig) || direction_full(s$resp);
-	if ( ! d$stopped && |d$head| < head_bytes )
+	local was_full = s$orig$full || s$resp$full;
+	if ( ! d$full )
+		{
 		d$head += data[:head_bytes - |d$head|];
-	if ( direction_full(s$orig) && direction_full(s$resp) )
+		d$full = |d$head| >= head_bytes;
+		}
+	if ( s$orig$full && s$resp$full )
 		{
 		publish_heads(c, s);
 		return T;
@@ -225,31 +224,33 @@ function add_bytes(c: connection, is_orig: bool, data: string): bool
 	return F;
 	}
 
-## A hole in one direction: its head ends here (flagged) unless it was already complete.
-function mark_gap(c: connection, is_orig: bool)
-	{
-	local s = state_of(c);
-	if ( s$done )
-		return;
-	local d = is_orig ? s$orig : s$resp;
-	if ( |d$head| < head_bytes )
-		{
-		d$gap = T;
-		d$stopped = T;
-		}
-	}
-
 event stream_deliver(c: connection, is_orig: bool, data: string)
 	{
-	if ( add_bytes(c, is_orig, data) )
+	local uid = c$uid;
+	if ( uid in states )
+		{
+		if ( add_chunk(c, states[uid], is_orig, data) )
+			disable_analyzer(c$id, current_analyzer(), F);
+		}
+	else if ( uid in finished || ! start_collecting(c, T)
+	          || add_chunk(c, states[uid], is_orig, data) )
 		disable_analyzer(c$id, current_analyzer(), F);
 	}
 
+## A hole in one direction: its head ends here (flagged) unless it was already complete.
 event stream_undelivered(c: connection, is_orig: bool, seq: count, len: count)
 	{
-	mark_gap(c, is_orig);
-	local s = states[c$uid];
-	if ( ! s$done && direction_full(s$orig) && direction_full(s$resp) )
+	local uid = c$uid;
+	if ( uid !in states && ( uid in finished || ! start_collecting(c, T) ) )
+		return;
+	local s = states[uid];
+	local d = is_orig ? s$orig : s$resp;
+	if ( ! d$full )
+		{
+		d$gap = T;
+		d$full = T;
+		}
+	if ( s$orig$full && s$resp$full )
 		{
 		publish_heads(c, s);
 		disable_analyzer(c$id, current_analyzer(), F);
@@ -261,9 +262,11 @@ redef udp_content_deliver_all_resp = T;
 
 event udp_contents(u: connection, is_orig: bool, contents: string)
 	{
-	if ( u$uid in states && states[u$uid]$done )
+	# Finished first: for the rest of a long flow's life this is the only lookup.
+	if ( u$uid in finished )
 		return;
-	add_bytes(u, is_orig, contents);
+	if ( u$uid in states || start_collecting(u, F) )
+		add_chunk(u, states[u$uid], is_orig, contents);
 	}
 
 ## FTP data channels are expected connections: Zeek builds their analyzer tree from the
@@ -291,12 +294,16 @@ event ftp_request(c: connection, command: string, arg: string) &priority=-10
 
 event connection_state_remove(c: connection)
 	{
-	if ( c$uid !in states )
-		return;
-	local s = states[c$uid];
-	if ( ! s$done && ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap ) )
-		publish_heads(c, s);
-	delete states[c$uid];
+	local uid = c$uid;
+	if ( uid in states )
+		{
+		local s = states[uid];
+		if ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap )
+			publish_heads(c, s);
+		else
+			delete states[uid];
+		}
+	delete finished[uid];
 	}
 
 ## At the end of a capture file, publish the heads of every connection still collecting. Zeek
@@ -305,13 +312,15 @@ event connection_state_remove(c: connection)
 ## listener open Zeek keeps running after the file until it is told to stop.
 event Pcap::file_done(path: string) &priority=10
 	{
+	local pending: vector of State;
 	for ( _, s in states )
 		{
-		if ( s$done || ! s?$id || ! connection_exists(s$id) )
-			next;
-		if ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap )
-			publish_heads(lookup_connection(s$id), s);
+		if ( connection_exists(s$id)
+		     && ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap ) )
+			pending += s;
 		}
+	for ( _, s in pending )
+		publish_heads(lookup_connection(s$id), s);
 	}
 
 event HeadBits::alert(uid: string, orig_h: addr, orig_p: port, resp_h: addr, resp_p: port,

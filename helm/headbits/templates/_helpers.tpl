@@ -203,8 +203,8 @@ settings class has exactly these topic settings (services/<stage>/service.py).
 {{- $uses := dict
   "collector" (dict "topics" (list "heads" "deadletter") "writes" (list "heads" "deadletter") "createsTopics" true)
   "featurizer" (dict "topics" (list "heads" "features" "deadletter") "writes" (list "features" "deadletter") "createsTopics" true)
-  "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter" "drift") "writes" (list "alerts" "scores" "deadletter" "drift") "createsTopics" true)
-  "trainer" (dict "topics" (list "features" "drift") "writes" (list) "createsTopics" false)
+  "scorer" (dict "topics" (list "features" "alerts" "scores" "deadletter" "drift" "rules" "feedback") "writes" (list "alerts" "scores" "deadletter" "drift") "createsTopics" true)
+  "trainer" (dict "topics" (list "features" "drift" "feedback") "writes" (list) "createsTopics" false)
   "rollout" (dict "topics" (list "scores" "drift") "writes" (list) "createsTopics" false) }}
 {{- toYaml (index $uses .) }}
 {{- end }}
@@ -237,7 +237,7 @@ default; string values are templates; settings in secretSettings come from their
 {{- if .kafka }}
 {{- $kafka := include "headbits.kafkaSettings" $root | fromYaml }}
 {{- $uses := include "headbits.kafkaUse" .verb | fromYaml }}
-{{- range $kind := list "heads" "features" "alerts" "scores" "deadletter" "drift" }}
+{{- range $kind := list "heads" "features" "alerts" "scores" "deadletter" "drift" "rules" "feedback" }}
 {{- if not (has $kind $uses.topics) }}
 {{- $_ := unset $kafka (printf "%s_topic" $kind) }}
 {{- $_ := unset $kafka (printf "%s_retention_days" $kind) }}

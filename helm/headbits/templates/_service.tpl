@@ -39,6 +39,9 @@ spec:
         {{- include "headbits.selectorLabels" (list $root .component) | nindent 8 }}
         headbits.io/deployment: {{ $deployment }}
       {{- $annotations := merge (include "headbits.metricsAnnotations" (list $root $port "/metrics") | fromYaml) (deepCopy $values.podAnnotations) }}
+      {{- if .rules }}
+      {{- $annotations = merge $annotations (dict "headbits.io/rules-checksum" (toYaml $values.rules | sha256sum)) }}
+      {{- end }}
       {{- with $annotations }}
       annotations:
         {{- toYaml . | nindent 8 }}
@@ -87,7 +90,18 @@ spec:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           volumeMounts:
             {{- include "headbits.kafkaVolumeMounts" $root | nindent 12 }}
+            {{- if .rules }}
+            - name: rules
+              mountPath: /etc/headbits/rules
+              readOnly: true
+            {{- end }}
       volumes:
         {{- include "headbits.kafkaVolumes" $root | nindent 8 }}
+        {{- if .rules }}
+        # The chart's static suppression rules (scorer.rules); a change rolls the pods.
+        - name: rules
+          configMap:
+            name: {{ include "headbits.componentName" (list $root "scorer-rules") }}
+        {{- end }}
       {{- include "headbits.scheduling" $values | nindent 6 }}
 {{- end }}

@@ -21,26 +21,31 @@ from headbits.common.kafka.consumer import Consumer, Message
 from headbits.common.kafka.producer import DeliveryFailedError, Producer
 from headbits.common.kafka.range_reader import read_offset_ranges, window_offsets
 from headbits.common.kafka.settings import (
+    AlertsJsonTopic,
     AlertsTopic,
     DeadLetterTopic,
     DriftTopic,
     FeaturesTopic,
+    FeedbackTopic,
     HeadsTopic,
     KafkaConnection,
     KafkaSettings,
     ProducerBuffer,
+    RulesTopic,
     ScoresTopic,
     TopicCreation,
     topic_retentions,
 )
 
 __all__ = [
+    "AlertsJsonTopic",
     "AlertsTopic",
     "Consumer",
     "DeadLetterTopic",
     "DeliveryFailedError",
     "DriftTopic",
     "FeaturesTopic",
+    "FeedbackTopic",
     "HeadsTopic",
     "KafkaConnection",
     "KafkaException",
@@ -48,6 +53,7 @@ __all__ = [
     "Message",
     "Producer",
     "ProducerBuffer",
+    "RulesTopic",
     "ScoresTopic",
     "TopicCreation",
     "admin",

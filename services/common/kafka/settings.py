@@ -12,7 +12,9 @@ from dataclasses import dataclass, fields
 from headbits.common.settings import Secret, setting
 
 DAY_MS = 24 * 3600 * 1000
-TOPIC_KINDS = ("heads", "features", "alerts", "scores", "deadletter", "drift")
+TOPIC_KINDS = ("heads", "features", "alerts", "scores", "deadletter", "drift", "feedback")
+OPTIONAL_TOPIC_KINDS = ("alerts_json",)
+"""Topics that exist only when their setting names one (None: not written)."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,32 @@ class DriftTopic:
 
 
 @dataclass(frozen=True)
+class FeedbackTopic:
+    feedback_topic: str = setting(
+        "headbits.feedback.v1", "topic of analysts' verdicts on alerts (benign/malicious)")
+    feedback_retention_days: float = setting(
+        365.0, "retention of the feedback topic (the audit trail and the trainer's labels)")
+
+
+@dataclass(frozen=True)
+class AlertsJsonTopic:
+    alerts_json_topic: str | None = setting(
+        None, "also write every alert as one JSON object (alerts_json_format) to this topic")
+    alerts_json_retention_days: float = setting(90.0, "retention of the JSON alerts topic")
+
+
+@dataclass(frozen=True)
+class RulesTopic:
+    """Compacted: the latest record per rule id is the rule; a null value removes it."""
+
+    rules_topic: str = setting(
+        "headbits.rules.v1", "compacted topic of suppression rules and learning starts")
+
+
+@dataclass(frozen=True)
 class KafkaSettings(
     KafkaConnection, TopicCreation, ProducerBuffer, HeadsTopic, FeaturesTopic, AlertsTopic,
-    ScoresTopic, DeadLetterTopic, DriftTopic,
+    ScoresTopic, DeadLetterTopic, DriftTopic, FeedbackTopic, AlertsJsonTopic,
 ):
     """Every Kafka setting of the pipeline: for tools that touch every topic (the development
     harness, benchmarks, the chart's consistency test), never a service's own settings."""
@@ -108,8 +133,8 @@ def topic_retentions(settings: object) -> dict[str, float]:
     names = {field.name for field in fields(settings)}
     return {
         getattr(settings, f"{kind}_topic"): getattr(settings, f"{kind}_retention_days")
-        for kind in TOPIC_KINDS
-        if f"{kind}_topic" in names
+        for kind in TOPIC_KINDS + OPTIONAL_TOPIC_KINDS
+        if f"{kind}_topic" in names and getattr(settings, f"{kind}_topic")
     }
 
 
