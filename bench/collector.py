@@ -1,10 +1,11 @@
 """Collector sources into Kafka: events/s over WebSocket and native Broker, and peak RSS.
 
 Each sensor stand-in (the JSON v1 replay server, a Broker endpoint) runs in its own process and
-sends generated heads; this process reads them through the real source and produces them as Avro
-to a real Kafka (the project's development broker, started here) in batches, as the collector
-does. The stall run points the producer at a Kafka that is not there, so the source's bounded
-queue and the producer's bounded buffer are all that hold events; RSS must stay flat.
+sends generated heads; this process reads them through the real source and produces them to a
+real Kafka (the project's development broker, started here) as the collector does: each batch
+read becomes one `.v2` Arrow batch per sensor (`--topic-format v1`: Avro records). The stall
+run points the producer at a Kafka that is not there, so the source's bounded queue and the
+producer's bounded buffer are all that hold events; RSS must stay flat.
 Usage: python bench/collector.py [--events N]. The last line is a JSON object of the figures.
 """
 
@@ -22,7 +23,7 @@ from headbits.collector.sources.base import Rejected
 from headbits.collector.zeek_event import DEFAULT_TOPIC, encode_event
 from headbits.common.records import PayloadHead
 
-TOPIC = "headbits.heads.v1"
+TOPIC = "headbits.heads.v2"
 
 
 def make_heads(count: int) -> list[PayloadHead]:
@@ -76,8 +77,22 @@ def start_sensor(target, count: int) -> tuple[multiprocessing.Process, int]:
     return process, ready.get(timeout=600)
 
 
+def produce(producer, codec, heads: list) -> None:
+    """One read batch to Kafka as the collector writes it (`codec` None: `.v2` batches)."""
+    if codec is not None:
+        values = codec.encode_many(head.to_dict() for head in heads)
+        producer.produce_many(TOPIC, values, [head.uid for head in heads], codec.headers)
+        return
+    from headbits.common.columnar import batch_schema, encode_batches, objects_table
+
+    table = objects_table("payload_head", heads)
+    for sensor, value, _ in encode_batches(table, table.column("sensor"), len(heads)):
+        producer.produce(TOPIC, value, sensor, batch_schema("payload_head").headers)
+    producer.poll(0)
+
+
 def pump(source, producer, codec, count: int, timeout: float) -> tuple[int, float]:
-    """Source -> Avro -> Kafka in batches until `count` heads were produced and acknowledged.
+    """Source -> Kafka in batches until `count` heads were produced and acknowledged.
 
     Without a producer it only reads and decodes: the source's own ceiling.
     """
@@ -92,15 +107,14 @@ def pump(source, producer, codec, count: int, timeout: float) -> tuple[int, floa
         if producer is None:
             produced += len(heads)
         elif heads:
-            values = codec.encode_many(head.to_dict() for head in heads)
-            producer.produce_many(TOPIC, values, [head.uid for head in heads], codec.headers)
+            produce(producer, codec, heads)
             produced += len(heads)
     if producer is not None:
         producer.flush(120)
     return produced, time.perf_counter() - (started or time.perf_counter())
 
 
-def measure(kind: str, count: int, bootstrap: str | None) -> dict:
+def measure(kind: str, count: int, bootstrap: str | None, fmt: str = "v2") -> dict:
     from headbits.collector.sources.broker import BrokerSource, BrokerTLS
     from headbits.collector.sources.websocket import WebSocketSource
     from headbits.common.avro import ValueCodec
@@ -113,7 +127,7 @@ def measure(kind: str, count: int, bootstrap: str | None) -> dict:
     else:
         source = BrokerSource("127.0.0.1", port, "bench", tls=BrokerTLS(disable=True))
     producer = Producer(KafkaSettings(bootstrap_servers=bootstrap)) if bootstrap else None
-    codec = ValueCodec("payload_head", TOPIC)
+    codec = ValueCodec("payload_head", TOPIC) if fmt == "v1" else None
     try:
         produced, seconds = pump(source, producer, codec, count, timeout=600)
     finally:
@@ -126,7 +140,7 @@ def measure(kind: str, count: int, bootstrap: str | None) -> dict:
     return {f"{label}_events_per_s": round(rate), f"{label}_delivered": produced}
 
 
-def stall_rss(count: int, results, buffer_kbytes: int | None = None) -> None:
+def stall_rss(count: int, results, buffer_kbytes: int | None = None, fmt: str = "v2") -> None:
     """WebSocket source + producer to an absent Kafka: the sensor must be held back, RSS flat.
 
     Runs in its own spawned process so that its peak RSS is the stalled collector's alone.
@@ -141,14 +155,14 @@ def stall_rss(count: int, results, buffer_kbytes: int | None = None) -> None:
     if buffer_kbytes:
         overrides["queue.buffering.max.kbytes"] = buffer_kbytes
     producer = Producer(KafkaSettings(bootstrap_servers="127.0.0.1:1"), **overrides)
-    codec = ValueCodec("payload_head", TOPIC)
+    codec = ValueCodec("payload_head", TOPIC) if fmt == "v1" else None
     accepted = 0
     deadline = time.monotonic() + 20
     try:
         while time.monotonic() < deadline:
             heads = [i for i in source.read(5000, 0.2) if not isinstance(i, Rejected)]
-            values = codec.encode_many(head.to_dict() for head in heads)
-            producer.produce_many(TOPIC, values, [head.uid for head in heads], codec.headers)
+            if heads:
+                produce(producer, codec, heads)
             accepted += len(heads)
     finally:
         source.close()
@@ -166,10 +180,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--stall-buffer-kbytes", type=int, default=32_768,
                         help="librdkafka buffer of the second stall run (the first: defaults)")
+    parser.add_argument("--topic-format", choices=("v2", "v1"), default="v2")
     args = parser.parse_args()
     from headbits.devtools import kafka_broker
 
-    figures: dict = {"events": args.events, "cpus": os.cpu_count(),
+    figures: dict = {"events": args.events, "topic_format": args.topic_format,
+                     "cpus": os.cpu_count(),
                      "load_average_1min": os.getloadavg()[0]}
     figures |= measure("websocket", args.events, None)
     figures |= measure("broker", min(args.events, 100_000), None)
@@ -178,13 +194,15 @@ def main() -> None:
     kafka = kafka_broker.start()
     try:
         ensure_topics(KafkaSettings(bootstrap_servers=kafka.bootstrap_servers), [TOPIC])
-        figures |= measure("websocket", args.events, kafka.bootstrap_servers)
-        figures |= measure("broker", min(args.events, 100_000), kafka.bootstrap_servers)
+        figures |= measure("websocket", args.events, kafka.bootstrap_servers, args.topic_format)
+        figures |= measure("broker", min(args.events, 100_000), kafka.bootstrap_servers,
+                           args.topic_format)
     finally:
         kafka.stop()
     for buffer_kbytes in (None, args.stall_buffer_kbytes):
         results = SPAWN.Queue()
-        stalled = SPAWN.Process(target=stall_rss, args=(600_000, results, buffer_kbytes))
+        stalled = SPAWN.Process(target=stall_rss,
+                                args=(600_000, results, buffer_kbytes, args.topic_format))
         stalled.start()
         figures |= results.get(timeout=900)
         stalled.join()

@@ -2,8 +2,11 @@
 
 Measured on one core (the process is pinned to one CPU and numpy to one thread), in batches of
 BATCH_ROWS heads as the services see them:
-  pack          pack_heads: per-direction byte strings -> HeadBatch
-  core          pack_heads + unpack_bits (the bits the model unpacks in its graph), the target
+  pack          pack_heads: per-direction lists of byte strings (the .v1 records) -> HeadBatch
+  core          the .v2 featurizer's packing (pack_head_columns: the Arrow binary columns of a
+                decoded heads batch -> packed bytes) + unpack_bits (the bits the model unpacks
+                in its graph), the target
+  list core     pack_heads + unpack_bits: the same from byte-string lists (the .v1 path)
   packed input  HeadBatch from an already-packed buffer (the features topic) + unpack_bits
   model_inputs  float32 bits*mask and mask from a packed HeadBatch (evaluations, baselines)
   capstone      content_to_features(hex_line, N) per row (originator only, so half our work)
@@ -26,7 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
+from headbits.common.columnar import pack_head_columns
 from headbits.featurizer.bits import HeadBatch, model_inputs, pack_heads, unpack_bits
 from headbits.featurizer.compat import content_to_features
 
@@ -87,7 +92,14 @@ def featurizer_figures(orig: list[bytes], resp: list[bytes], n: int) -> dict[str
         for o, r in zip(orig_chunks, resp_chunks, strict=True):
             pack_heads(o, r, n)
 
+    columns = [(pa.array(o, pa.binary()), pa.array(r, pa.binary()))
+               for o, r in zip(orig_chunks, resp_chunks, strict=True)]
+
     def core() -> None:
+        for o, r in columns:
+            unpack_bits(pack_head_columns(o, r, n)[0])
+
+    def list_core() -> None:
         for o, r in zip(orig_chunks, resp_chunks, strict=True):
             unpack_bits(pack_heads(o, r, n).head_bytes)
 
@@ -108,6 +120,7 @@ def featurizer_figures(orig: list[bytes], resp: list[bytes], n: int) -> dict[str
     figures = {
         "pack_rows_per_s": rows_per_second(rows, pack),
         "core_rows_per_s": rows_per_second(rows, core),
+        "list_core_rows_per_s": rows_per_second(rows, list_core),
         "packed_input_rows_per_s": rows_per_second(rows, packed_input),
         "model_inputs_rows_per_s": rows_per_second(rows, inputs),
         "capstone_rows_per_s": rows_per_second(len(hex_lines), capstone),
@@ -148,12 +161,12 @@ def main() -> None:
     orig, resp = synthetic_heads(args.rows, args.seed)
     all_cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(all_cpus)})
-    featurizer = {f"n{n}": featurizer_figures(orig, resp, n) for n in (8, 32)}
+    featurizer = {f"n{n}": featurizer_figures(orig, resp, n) for n in (8, 16, 32, 64)}
     os.sched_setaffinity(0, all_cpus)
     inference = inference_figures(orig, resp, args.seed)
 
     print(f"featurizer, one core, batches of {BATCH_ROWS} rows, {args.rows} rows (rows/s)")
-    names = ("pack", "core", "packed_input", "model_inputs", "capstone")
+    names = ("pack", "core", "list_core", "packed_input", "model_inputs", "capstone")
     print(f"{'N':>4} " + " ".join(f"{name:>14}" for name in names) + f" {'core/capstone':>14}")
     for key, figures in featurizer.items():
         cells = " ".join(f"{figures[f'{name}_rows_per_s']:>14,.0f}" for name in names)
@@ -166,7 +179,9 @@ def main() -> None:
           f"{'met' if worst_ratio >= TARGET_RATIO else 'MISSED'}")
     print(f"inference: SavedModelBackend, N={inference['n']}, batch {BATCH_ROWS}, "
           f"{inference['tensorflow_threads']} TF threads: {inference['rows_per_s']:,.0f} rows/s")
-    print(json.dumps({"rows": args.rows, "batch_rows": BATCH_ROWS, "featurizer": featurizer,
+    print(json.dumps({"rows": args.rows, "batch_rows": BATCH_ROWS,
+                      "min_core_vs_capstone": round(worst_ratio, 1),
+                      "load_average_1min": os.getloadavg()[0], "featurizer": featurizer,
                       "inference": inference}))
 
 

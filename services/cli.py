@@ -35,6 +35,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "rollout": ("headbits.trainer.controller", "promote a soaked canary, roll back a bad stable"),
     "alerts": ("headbits.scorer.alerts_command", "read alerts, mark them benign or malicious"),
     "rules": ("headbits.scorer.rules_command", "add, list and remove suppression rules"),
+    "convert": ("headbits.common.convert", "convert a retained .v1 topic window to .v2 batches"),
     "serving-standin": ("headbits.devtools.tfserving_standin", "TF Serving stand-in (development)"),
     "kafka-dev": ("headbits.devtools.kafka_broker", "a local single-node Kafka for development"),
 }

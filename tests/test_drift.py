@@ -65,9 +65,9 @@ def test_the_scorer_writes_drift_records_every_interval(tmp_path):
     probabilities into drift records that the drift schema accepts, on its clock only."""
     from headbits.common.avro import ValueCodec
     from headbits.featurizer.transform import feature_records
-    from headbits.scorer.alert_rules import Verdicts
+    from headbits.scorer.alert_rules import Verdicts, head_batch
     from headbits.scorer.inprocess import SavedModelBackend
-    from headbits.scorer.service import DriftReporter, head_batch
+    from headbits.scorer.service import DriftReporter
     from tests.serving_models import export_versions
     from tests.source_helpers import make_heads
 
@@ -79,9 +79,10 @@ def test_the_scorer_writes_drift_records_every_interval(tmp_path):
     records[0]["orig_gap"] = True  # a midstream head: scored, but no evidence of drift
     scores = backend.score(head_batch(records, backend.info().n))
     verdicts = Verdicts.of(records, scores)
-    assert reporter.observe(records, scores, verdicts) == [], "not due before the interval"
+    sensors = [record["sensor"] for record in records]
+    assert reporter.observe(sensors, scores, verdicts) == [], "not due before the interval"
     now[0] = 61.0
-    drifts = reporter.observe(records, scores, verdicts)
+    drifts = reporter.observe(sensors, scores, verdicts)
     backend.close()
     assert {(d["kind"], d["key"]) for d in drifts} >= {("sensor", "zeek-1")}
     sensor = next(d for d in drifts if d["kind"] == "sensor")
@@ -90,4 +91,4 @@ def test_the_scorer_writes_drift_records_every_interval(tmp_path):
     codec = ValueCodec("drift", "drift")
     assert codec.decode(codec.encode(sensor), codec.headers)["psi"] == sensor["psi"]
     now[0] = 62.0
-    assert reporter.observe(records, scores, verdicts) == [], "next one a whole interval later"
+    assert reporter.observe(sensors, scores, verdicts) == [], "next one a whole interval later"

@@ -237,8 +237,8 @@ def test_strimzi_topics_follow_the_kafka_settings(rendered: dict[str, list[dict]
     expected[emit.feedback_topic] = emit.feedback_retention_days
     assert {topic["spec"]["topicName"]: topic["spec"]["config"]["retention.ms"] / DAY_MS
             for topic in topics} == expected
-    assert expected == {"headbits.heads.v1": 7, "headbits.features.v1": 30,
-                        "headbits.alerts.v1": 90, "headbits.scores.v1": 7,
+    assert expected == {"headbits.heads.v2": 7, "headbits.features.v2": 30,
+                        "headbits.alerts.v1": 90, "headbits.scores.v2": 7,
                         "headbits.deadletter.v1": 14, "headbits.drift.v1": 30,
                         "headbits.feedback.v1": 365}
     for topic in every:
@@ -738,7 +738,7 @@ def test_every_topic_a_service_writes_has_a_kafka_topic(helm: Helm, shadow: bool
     written = set()
     for verb, container in headbits_containers(manifests):
         written |= written_topics(verb, container)
-    assert "headbits.scores.v1" in written
+    assert "headbits.scores.v2" in written
     assert written <= topics, f"written without a KafkaTopic: {sorted(written - topics)}"
 
 
@@ -972,7 +972,7 @@ def test_the_rollout_controller_runs_on_its_schedule_with_its_settings(helm: Hel
     assert names <= fields, sorted(names - fields)
     settings = load_settings(cls, environ=env_of(container))
     assert settings.soak_minutes == 90
-    assert settings.scores_topic == "headbits.scores.v1"
+    assert settings.scores_topic == "headbits.scores.v2"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert str(settings.config_file).startswith(mounts["models"])
     validate_strictly([cronjob])

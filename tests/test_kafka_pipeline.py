@@ -261,3 +261,101 @@ def _scrape(port: int) -> str:
         assert response.status == 200
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return response.read().decode()
+
+
+def test_a_bad_row_is_dead_lettered_alone_and_the_rest_of_its_batch_is_scored(
+    kafka_bootstrap, model_version_dir, tmp_path
+):
+    """`.v2` batches: a row that breaks the contract and a row with a null are dead-lettered
+    with their place in the batch; the other rows of the same message are scored, and an
+    undecodable batch is dead-lettered whole."""
+    import pyarrow as pa
+
+    from headbits.common.columnar import batch_schema, decode_table, encode_table, objects_table
+
+    topics = Topics(kafka_bootstrap)
+    featurizer = ServiceProcess("featurizer", topics.env, tmp_path)
+    scorer = ServiceProcess("scorer", topics.env, tmp_path, "--model-dir", str(model_version_dir),
+                            "--write-scores", "true")
+    featurizer.wait_started()
+    scorer.wait_started()
+    heads = synthetic_heads(20, seed=9)
+    table = objects_table("payload_head", heads)
+    ports = table.column("orig_p").to_pylist()
+    ports[4] = 70000
+    uids = table.column("uid").to_pylist()
+    uids[7] = None
+    nullable = pa.schema([field.with_nullable(True) for field in table.schema])
+    table = table.cast(nullable)
+    table = table.set_column(table.schema.get_field_index("orig_p"), "orig_p",
+                             pa.array(ports, pa.int32()))
+    table = table.set_column(0, pa.field("uid", pa.string()), pa.array(uids))
+    headers = batch_schema("payload_head").headers
+    producer = Producer(topics.settings)
+    producer.produce(topics["heads"], encode_table(table), "sensor-x", headers)
+    producer.produce(topics["heads"], b"\xff\xff\xff\xff not arrow", "sensor-x", headers)
+    producer.flush()
+
+    letters = read_topic(topics.settings, topics["deadletter"], "deadletter",
+                         lambda got: len(got) >= 3, timeout=60)
+    by_reason = {letter["reason"]: letter for letter in letters}
+    assert len(letters) == 3, sorted(by_reason)
+    bad_port = next(r for r in by_reason if "orig_p=70000" in r)
+    assert bad_port.endswith("(row 4 of the batch)")
+    assert decode_table("payload_head", by_reason[bad_port]["value"]).table.column(
+        "uid").to_pylist() == [heads[4].uid], "the letter carries that row alone"
+    assert "field 'uid' is null (row 7 of the batch)" in by_reason
+    assert any(r.startswith("bad Arrow batch") for r in by_reason)
+    expected = {h.uid for i, h in enumerate(heads) if i not in (4, 7)}
+    scores = read_topic(topics.settings, topics["scores"], "score",
+                        lambda got: {s["uid"] for s in got} >= expected, timeout=60)
+    assert {s["uid"] for s in scores} == expected
+    assert featurizer.stop() == 0
+    assert scorer.stop() == 0
+
+
+def test_convert_moves_a_retained_v1_window_to_v2_batches(kafka_bootstrap):
+    from headbits.cli import main
+    from headbits.featurizer.transform import featurize
+
+    topics = Topics(kafka_bootstrap)
+    heads = synthetic_heads(300, seed=4)
+    features, _ = featurize([h.to_dict() for h in heads])
+    codec = ValueCodec("features", topics["features"])
+    producer = Producer(topics.settings)
+    producer.produce_many(topics["features"], codec.encode_many(features),
+                          [f["uid"] for f in features], codec.headers)
+    producer.produce(topics["features"], b"garbage", "x", codec.headers)
+    producer.flush()
+    target = f"{topics['features']}-converted"
+    code = main(["convert", "--bootstrap-servers", kafka_bootstrap, "--kind", "features",
+                 "--from-topic", topics["features"], "--features-topic", target,
+                 "--batch-rows", "100"])
+    assert code == 0
+    converted = read_topic(topics.settings, target, "features",
+                           lambda got: len(got) >= len(features), timeout=30)
+    positions = {record.pop("_position") for record in converted}
+    assert len(positions) < len(converted) / 50, "rows travel as batches of up to 100"
+    by_uid = {record["uid"]: record for record in features}
+    assert len(converted) == len(features)
+    assert all(record == by_uid[record["uid"]] for record in converted)
+
+
+def test_every_large_batch_message_is_delivered(kafka_bootstrap):
+    """`.v2` messages of a few hundred kB each, produced back to back: every one arrives."""
+    from headbits.common.columnar import batch_schema, encode_batches, objects_table
+    from headbits.common.kafka import window_offsets
+
+    heads = synthetic_heads(2000, seed=8)
+    table = objects_table("payload_head", heads)
+    ((_, value, _),) = encode_batches(table, table.column("sensor"), 2000)
+    assert len(value) > 200_000
+    for _ in range(3):
+        topics = Topics(kafka_bootstrap, partitions=4)
+        producer = Producer(topics.settings)
+        for number in range(40):
+            producer.produce(topics["heads"], value, f"sensor-{number % 16}",
+                             batch_schema("payload_head").headers)
+        producer.flush()
+        ends = window_offsets(topics.settings, topics["heads"], since_ms=0)
+        assert sum(end for _, end in ends.values()) == 40

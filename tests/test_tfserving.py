@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from headbits.common.columnar import records_table
 from headbits.common.model_repository import config_text, model_server_config, write_atomically
 from headbits.devtools.tfserving_standin import StandinServer, standin_settings
 from headbits.scorer.backend import BackendUnavailable, disagreement
@@ -194,12 +195,12 @@ def shadow_scored(target: str, heads) -> tuple[list[dict], object]:
     registry = CollectorRegistry()
     stage.shadow_metrics = ShadowMetrics(registry)
     try:
-        transformed = stage.transform(feature_records_of(heads))
+        transformed = stage.transform(records_table("features", feature_records_of(heads)))
     finally:
         canary.close()
         stable.close()
     (scores_output,) = [o for o in transformed.outputs if o.topic == "scores"]
-    return scores_output.records, registry
+    return scores_output.table.to_pylist(), registry
 
 
 def test_scorer_shadow_scores_canary_next_to_stable(serve, in_process, heads):
@@ -457,13 +458,14 @@ def test_a_batch_above_max_batch_size_is_scored_in_parts(serve, in_process, head
     backend = TFServingBackend(server.target)
     with pytest.raises(ValueError, match="Task size 300 is larger than maximum batch size 64"):
         backend.score(heads)
-    transformed = ScorerStage(backend, "alerts", "scores").transform(feature_records_of(heads))
+    transformed = ScorerStage(backend, "alerts", "scores").transform(
+        records_table("features", feature_records_of(heads)))
     backend.close()
     assert transformed.rejected == []
     (scores,) = [o for o in transformed.outputs if o.topic == "scores"]
-    assert [s["uid"] for s in scores.records] == [f"U{row:04d}" for row in range(len(heads))]
+    assert scores.table.column("uid").to_pylist() == [f"U{row:04d}" for row in range(len(heads))]
     local = in_process[1].score(heads).reconstruction_error
-    np.testing.assert_allclose([s["score"] for s in scores.records], local, rtol=1e-6)
+    np.testing.assert_allclose([s["score"] for s in scores.table.to_pylist()], local, rtol=1e-6)
 
 
 class PoisonRefusingBackend(TFServingBackend):
@@ -484,15 +486,16 @@ def test_only_rows_refused_alone_are_dead_lettered_with_the_reason(serve, in_pro
     for row in poison:
         records[row]["head_bytes"] = b"\xee" + records[row]["head_bytes"][1:]
     backend = PoisonRefusingBackend(serve().target)
-    transformed = ScorerStage(backend, "alerts", "scores").transform(records)
+    transformed = ScorerStage(backend, "alerts", "scores").transform(
+        records_table("features", records))
     backend.close()
     assert transformed.rejected == [
         (row, "the model refused this record: poison head") for row in poison]
     (scores,) = [o for o in transformed.outputs if o.topic == "scores"]
     kept = [row for row in range(len(heads)) if row not in poison]
-    assert [s["uid"] for s in scores.records] == [f"U{row:04d}" for row in kept]
+    assert [s["uid"] for s in scores.table.to_pylist()] == [f"U{row:04d}" for row in kept]
     local = in_process[1].score(heads).reconstruction_error[kept]
-    np.testing.assert_allclose([s["score"] for s in scores.records], local, rtol=1e-6)
+    np.testing.assert_allclose([s["score"] for s in scores.table.to_pylist()], local, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
-"""Run the collector service: PayloadHeads from a source -> headbits.heads.v1.
+"""Run the collector service: PayloadHeads from a source -> headbits.heads.v2.
 
 Sources, one file each behind the Source seam: Zeek's WebSocket API (`--source websocket
 --websocket-url ws://sensor:27759/v1/messages/json`, the default), Broker's native peering
 (`--source broker --broker-address sensor:9999`), pcap replay (`--source replay --captures
 a.pcap,b.pcapng`) and Avro heads files (`--source heads-file`), the last two as fast as possible
-or at `--replay-rate` connections per second. One collector serves one sensor. Heads are
-produced keyed by uid (idempotent, compressed, batched), and deliveries are checked after every
+or at `--replay-rate` connections per second. One collector serves one sensor. Each batch read
+is produced as one Arrow batch per sensor keyed by the sensor (`topic_format v1`: one Avro record
+per head keyed by uid; idempotent, compressed), and deliveries are checked after every
 batch: a failed one ends the collector with exit 1 and the reason;
 events a source could not parse, and heads that break the contract, go to
 headbits.deadletter.v1 with their origin and reason. Progress is logged every few seconds. A
@@ -23,10 +24,11 @@ from prometheus_client import CollectorRegistry
 
 from headbits.collector.sources.base import EndOfSource, Rejected, Source
 from headbits.collector.zeek_event import DEFAULT_TOPIC
+from headbits.common.columnar import objects_table
 from headbits.common.kafka import DeliveryFailedError, HeadsTopic
 from headbits.common.logs import fields
 from headbits.common.records import InvalidRecord, PayloadHead
-from headbits.common.service import DeadLetter, Runtime, ServiceSettings
+from headbits.common.service import DeadLetter, Runtime, ServiceSettings, TableOutput
 from headbits.common.settings import (
     SettingsError,
     add_settings_arguments,
@@ -144,7 +146,10 @@ def collect(runtime: Runtime, source: Source) -> int:
         except EndOfSource:
             break
         heads, letters = split_items(items)
-        runtime.produce(topic, "payload_head", [h.to_dict() for h in heads], [h.uid for h in heads])
+        if heads:
+            table = objects_table("payload_head", heads)
+            runtime.produce_table(TableOutput(topic, table, table.column("sensor")),
+                                  "payload_head")
         runtime.dead_letter(letters)
         acknowledged += _count_acknowledged(runtime, runtime.producer.settle())
         runtime.metrics.consumed.inc(len(items))

@@ -19,10 +19,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
+import pyarrow as pa
 from confluent_kafka import KafkaException
 
 from headbits.common.avro import DecodeError, ValueCodec, open_registry
+from headbits.common.columnar import (
+    FORMATS,
+    batch_schema,
+    decode_table,
+    encode_batches,
+    encode_table,
+    is_batch,
+    records_table,
+    row_value,
+)
 from headbits.common.kafka import (
     Consumer,
     DeadLetterTopic,
@@ -52,7 +64,13 @@ class ServiceSettings(KafkaConnection, TopicCreation, ProducerBuffer, DeadLetter
     classes of the topics it reads and writes."""
 
     group_id: str = setting("", "consumer group (default: headbits-<service>)")
-    batch_size: int = setting(2000, "largest batch consumed, transformed and produced at once")
+    batch_size: int = setting(
+        2000, "largest batch consumed, transformed and produced at once (records; with .v2 "
+              "input, rows: batch messages are read until about this many rows)")
+    topic_format: str = setting(
+        "v2", "format written to the heads, features and scores topics: v2 (one Arrow batch of "
+              "one sensor's rows per message) or v1 (one Avro record per message); both are "
+              "read whatever this says")
     batch_timeout_ms: int = setting(50, "longest wait for a batch to fill (adds to latency)")
     commit_interval_ms: int = setting(
         5000, "how often acknowledged offsets are committed: a crash replays up to this long of "
@@ -62,25 +80,48 @@ class ServiceSettings(KafkaConnection, TopicCreation, ProducerBuffer, DeadLetter
     log_level: str = setting("info", "debug, info, warning or error")
 
 
+    def __post_init__(self) -> None:
+        if self.topic_format not in FORMATS:
+            from headbits.common.settings import SettingsError
+
+            raise SettingsError(f"topic_format {self.topic_format!r} is not one of {FORMATS}")
+
+
 @dataclass(frozen=True)
 class Output:
-    """Records for one topic, each with its key (the connection uid)."""
+    """Avro records for one topic (one message each), each with its key (the connection uid)."""
 
     topic: str
     records: list[dict]
     keys: list[str]
 
 
+@dataclass(frozen=True)
+class TableOutput:
+    """Rows for a batched topic (heads, features, scores) with the sensor of each row: written
+    as one message per sensor's batch (`.v2`) or, with topic_format v1, one Avro record per row
+    keyed by its uid."""
+
+    topic: str
+    table: pa.Table
+    sensors: pa.Array | pa.ChunkedArray
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+
 @dataclass
 class Transformed:
     """What a transform made of a batch: outputs, and (input index, reason) for each reject."""
 
-    outputs: list[Output] = field(default_factory=list)
+    outputs: list[Output | TableOutput] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
 class Stage(ABC):
-    """A service's pure part. `transform` sees decoded records only, never Kafka."""
+    """A service's pure part. `transform` sees a decoded table only (the input schema's columns,
+    see `headbits.common.columnar`), never Kafka; whatever format the messages had."""
 
     name: str
     input_schema: str
@@ -92,7 +133,8 @@ class Stage(ABC):
         """Topic -> schema name of everything `transform` may emit."""
 
     @abstractmethod
-    def transform(self, records: list[dict]) -> Transformed: ...
+    def transform(self, table: pa.Table) -> Transformed:
+        """Outputs of the rows of `table`; `rejected` holds (table row, reason)."""
 
     def attach(self, runtime: Runtime) -> None:  # noqa: B027 - optional hook
         """Called once the service's runtime exists, for stages that export metrics of their own."""
@@ -178,6 +220,18 @@ class Runtime:
         codec = self.codec(schema, topic)
         self.producer.produce_many(topic, codec.encode_many(records), keys, codec.headers)
 
+    def produce_table(self, output: TableOutput, schema: str) -> None:
+        """Rows of a batched topic in the configured `topic_format`."""
+        if self.settings.topic_format == "v1":
+            records = output.table.to_pylist()
+            self.produce(output.topic, schema, records, [r["uid"] for r in records])
+            return
+        headers = batch_schema(schema).headers
+        for sensor, value, rows in encode_batches(output.table, output.sensors,
+                                                  self.settings.batch_size):
+            self.producer.produce(output.topic, value, sensor, headers, records=rows)
+        self.producer.poll(0)
+
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         topic = self.settings.deadletter_topic
         codec = self.codec("deadletter", topic)
@@ -222,15 +276,21 @@ def run_stage(stage: Stage, settings: ServiceSettings, input_topic: str) -> int:
     )
     runtime.log.info("started", extra=fields(
         input=input_topic, outputs=sorted(outputs), metrics_port=runtime.metrics_port,
-        bootstrap_servers=settings.bootstrap_servers,
+        bootstrap_servers=settings.bootstrap_servers, topic_format=settings.topic_format,
     ))
     in_flight: InFlight | None = None
     refused = False
+    # Start at one message: a .v2 backlog must not be swallowed as batch_size whole batches.
+    rows_per_message = float(settings.batch_size)
     try:
         while not runtime.stop.stopping:
             runtime.health.beat()
-            messages = consumer.consume(settings.batch_size, settings.batch_timeout_ms / 1000)
+            # About batch_size rows whatever the format: .v2 messages each hold many.
+            wanted = max(1, int(settings.batch_size / rows_per_message))
+            messages = consumer.consume(wanted, settings.batch_timeout_ms / 1000)
             batch = transform_batch(runtime, stage, decoder, messages) if messages else None
+            if batch is not None:
+                rows_per_message = max(1.0, batch.rows / len(messages))
             if in_flight is not None:
                 previous, in_flight = in_flight, None  # never acknowledged twice
                 acknowledge(runtime, consumer, previous)
@@ -257,13 +317,84 @@ def run_stage(stage: Stage, settings: ServiceSettings, input_topic: str) -> int:
 
 
 @dataclass
+class Inputs:
+    """A consumed batch decoded into one table, and where each of its rows came from."""
+
+    table: pa.Table
+    message_of_row: np.ndarray
+    row_in_message: np.ndarray
+    letters: list[DeadLetter]
+
+    def dead_letter(self, messages: list[Message], row: int, reason: str) -> DeadLetter:
+        """A dead letter of one table row: a `.v1` record's own message, or a `.v2` batch's
+        row alone (re-encoded as a one-row batch) with the row's place in its message."""
+        message = messages[self.message_of_row[row]]
+        if not is_batch(message.value(), message.headers()):
+            return DeadLetter.of_message(message, reason)
+        letter = DeadLetter.of_message(message, in_batch(reason, self.row_in_message[row]))
+        return dataclasses.replace(letter, value=row_value(self.table, row))
+
+
+def in_batch(reason: str, row: int) -> str:
+    """A bad row's reason with its place in its batch (after the reason's class, which labels
+    the dead-letter metric)."""
+    return f"{reason} (row {row} of the batch)"
+
+
+def decode_messages(schema: str, decoder: ValueCodec, messages: list[Message]) -> Inputs:
+    """Strictly decode `.v1` records and `.v2` batches alike into one table in message order
+    (undecodable values and rows become dead letters)."""
+    tables: list[pa.Table] = []
+    message_of_row: list[np.ndarray] = []
+    row_in_message: list[np.ndarray] = []
+    letters: list[DeadLetter] = []
+    records: list[dict] = []
+    record_messages: list[int] = []
+
+    def flush_records() -> None:
+        if records:
+            tables.append(records_table(schema, records))
+            message_of_row.append(np.array(record_messages, np.int64))
+            row_in_message.append(np.zeros(len(records), np.int64))
+            records.clear()
+            record_messages.clear()
+
+    for index, message in enumerate(messages):
+        value, headers = message.value(), message.headers()
+        try:
+            if is_batch(value, headers):
+                decoded = decode_table(schema, value)
+                flush_records()
+                tables.append(decoded.table)
+                message_of_row.append(np.full(decoded.table.num_rows, index, np.int64))
+                row_in_message.append(decoded.rows)
+                for row, reason in decoded.rejected:
+                    letter = DeadLetter.of_message(message, in_batch(reason, row))
+                    letters.append(dataclasses.replace(
+                        letter, value=encode_table(pa.ipc.open_stream(value).read_all()
+                                                   .slice(row, 1))))
+            else:
+                records.append(decoder.decode(value, headers))
+                record_messages.append(index)
+        except DecodeError as error:
+            letters.append(DeadLetter.of_message(message, str(error)))
+    flush_records()
+    if not tables:
+        tables.append(records_table(schema, []))
+    table = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
+    return Inputs(table, np.concatenate(message_of_row) if message_of_row else np.zeros(0, int),
+                  np.concatenate(row_in_message) if row_in_message else np.zeros(0, int), letters)
+
+
+@dataclass
 class Batch:
     """Consumed messages and what the stage made of them, ready to produce."""
 
     messages: list[Message]
-    outputs: list[Output]
+    outputs: list[Output | TableOutput]
     letters: list[DeadLetter]
     started: float
+    rows: int
 
 
 @dataclass
@@ -277,26 +408,27 @@ class InFlight:
 def transform_batch(
     runtime: Runtime, stage: Stage, decoder: ValueCodec, messages: list[Message]
 ) -> Batch:
-    """Decode strictly (undecodable values become dead letters) and transform the rest."""
+    """Decode strictly (undecodable values and rows become dead letters) and transform the rest."""
     started = time.monotonic()
-    records, sources, letters = [], [], []
-    for message in messages:
-        try:
-            records.append(decoder.decode(message.value(), message.headers()))
-            sources.append(message)
-        except DecodeError as error:
-            letters.append(DeadLetter.of_message(message, str(error)))
-    transformed = _transform_with_retry(runtime, stage, records)
-    letters += [DeadLetter.of_message(sources[i], reason) for i, reason in transformed.rejected]
-    return Batch(messages, transformed.outputs, letters, started)
+    inputs = decode_messages(stage.input_schema, decoder, messages)
+    transformed = _transform_with_retry(runtime, stage, inputs.table)
+    letters = inputs.letters + [inputs.dead_letter(messages, row, reason)
+                                for row, reason in transformed.rejected]
+    rows = inputs.table.num_rows + len(inputs.letters)
+    return Batch(messages, transformed.outputs, letters, started, rows)
 
 
 def produce_batch(runtime: Runtime, schemas: dict[str, str], batch: Batch) -> InFlight:
     """Hand a batch's outputs and dead letters to the producer (not waiting for the acks)."""
     produced = {runtime.settings.deadletter_topic: len(batch.letters)}
     for output in batch.outputs:
-        runtime.produce(output.topic, schemas[output.topic], output.records, output.keys)
-        produced[output.topic] = produced.get(output.topic, 0) + len(output.records)
+        if isinstance(output, TableOutput):
+            runtime.produce_table(output, schemas[output.topic])
+            count = output.rows
+        else:
+            runtime.produce(output.topic, schemas[output.topic], output.records, output.keys)
+            count = len(output.records)
+        produced[output.topic] = produced.get(output.topic, 0) + count
     runtime.dead_letter(batch.letters)
     return InFlight(batch, produced)
 
@@ -309,18 +441,18 @@ def acknowledge(runtime: Runtime, consumer: Consumer, in_flight: InFlight) -> No
     done = time.monotonic()
     for topic, count in in_flight.produced.items():
         runtime.metrics.count_produced(topic, count)
-    runtime.metrics.consumed.inc(len(messages))
-    runtime.metrics.batch_size.observe(len(messages))
+    runtime.metrics.consumed.inc(in_flight.batch.rows)
+    runtime.metrics.batch_size.observe(in_flight.batch.rows)
     runtime.metrics.batch_seconds.observe(done - in_flight.batch.started)
     oldest_ms = min(message.timestamp()[1] for message in messages)
     runtime.metrics.record_age_seconds.observe(max(0.0, time.time() - oldest_ms / 1000))
 
 
-def _transform_with_retry(runtime: Runtime, stage: Stage, records: list[dict]) -> Transformed:
+def _transform_with_retry(runtime: Runtime, stage: Stage, table: pa.Table) -> Transformed:
     attempt = 0
     while True:
         try:
-            return stage.transform(records)
+            return stage.transform(table)
         except stage.retryable_errors as error:
             if runtime.stop.stopping:
                 raise

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from headbits.common.avro import DecodeError, ValueCodec, open_registry
+from headbits.common.avro import DecodeError, open_registry
+from headbits.common.columnar import RowDecoder
 from headbits.common.kafka import KafkaConnection, read_offset_ranges, window_offsets
 
 
@@ -20,13 +21,13 @@ def decoded_since(settings: KafkaConnection, topic: str, schema: str, since: flo
     """Batches of the records of `topic` appended since `since` (epoch seconds, by Kafka
     timestamp), decoded with `schema`; `skipped[0]` counts values that did not decode. A topic
     that does not exist yet (nothing was ever written to it) has no records."""
-    codec = ValueCodec(schema, topic, open_registry(settings))
+    codec = RowDecoder(schema, topic, open_registry(settings))
     ranges = window_offsets(settings, topic, int(since * 1000), missing_ok=True)
     for messages in read_offset_ranges(settings, topic, ranges, batch_size):
         records = []
         for message in messages:
             try:
-                records.append(codec.decode(message.value(), message.headers()))
+                records += codec.rows(message.value(), message.headers())
             except DecodeError:
                 if skipped is not None:
                     skipped[0] += 1

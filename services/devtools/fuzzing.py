@@ -287,6 +287,44 @@ def _avro_decode(schema: str) -> Callable[[tuple[bytes, Any]], str]:
     return run
 
 
+# -- .v2 Arrow batches of the batched topics ----------------------------------------------------
+
+BATCH_SCHEMAS = ("payload_head", "features", "score")
+
+
+@functools.cache
+def _batch_seeds(schema: str) -> tuple[bytes, ...]:
+    from fastavro.utils import generate_many
+
+    from headbits.common.columnar import encode_table, records_table
+
+    records = list(generate_many(load_schema(schema), 12))
+    return tuple(encode_table(records_table(schema, records[:count])) for count in (1, 3, 12))
+
+
+def _batch_values(schema: str) -> st.SearchStrategy[bytes]:
+    seeds = st.sampled_from(_batch_seeds(schema))
+    return st.one_of(st.binary(max_size=300), mutated(seeds), seeds,
+                     seeds.flatmap(lambda seed: st.integers(0, len(seed)).map(
+                         lambda cut: seed[:cut])))
+
+
+def _batch_decode(schema: str) -> Callable[[bytes], str]:
+    def run(value: bytes) -> str:
+        from headbits.common.columnar import decode_table, row_value
+
+        try:
+            decoded = decode_table(schema, value)
+        except DecodeError as error:
+            assert str(error), "a DecodeError without a reason"
+            return REJECTED
+        for row in range(decoded.table.num_rows):  # what a rejected row's dead letter carries
+            decode_table(schema, row_value(decoded.table, row))
+        return REJECTED if decoded.rejected else ACCEPTED
+
+    return run
+
+
 # -- settings files ----------------------------------------------------------------------------
 
 def _settings_documents() -> st.SearchStrategy[bytes]:
@@ -339,6 +377,8 @@ def decoders(corpus: Path | None = None) -> list[Decoder]:
     ]
     result += [Decoder(f"avro_{schema}", functools.partial(_avro_values, schema),
                        _avro_decode(schema), dead_letters=True) for schema in AVRO_SCHEMAS]
+    result += [Decoder(f"batch_{schema}", functools.partial(_batch_values, schema),
+                       _batch_decode(schema), dead_letters=True) for schema in BATCH_SCHEMAS]
     return result
 
 

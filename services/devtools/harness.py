@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from headbits.common.avro import ValueCodec
+from headbits.common.columnar import RowDecoder
 from headbits.common.kafka import Consumer, KafkaSettings, ensure_topics
 from headbits.common.kafka.settings import TOPIC_KINDS
 
@@ -92,8 +92,9 @@ def read_topic(
     settings: KafkaSettings, topic: str, schema: str, until: Callable[[list[dict]], bool],
     timeout: float = 90.0,
 ) -> list[dict]:
-    """Decoded records of `topic` from the start, until `until(records)` or the timeout."""
-    codec = ValueCodec(schema, topic)
+    """Decoded records of `topic` from the start (each row of a `.v2` batch a record), until
+    `until(records)` or the timeout."""
+    codec = RowDecoder(schema, topic)
     consumer = Consumer(settings, f"reader-{uuid.uuid4().hex}", [topic],
                         **{"enable.auto.commit": False})
     records: list[dict] = []
@@ -101,9 +102,9 @@ def read_topic(
     try:
         while time.monotonic() < deadline and not until(records):
             for message in consumer.consume(5000, 0.5):
-                record = codec.decode(message.value(), message.headers())
-                record["_position"] = (message.partition(), message.offset())
-                records.append(record)
+                for record in codec.rows(message.value(), message.headers()):
+                    record["_position"] = (message.partition(), message.offset())
+                    records.append(record)
     finally:
         consumer.close()
     return records

@@ -7,7 +7,7 @@
 --to broker     a Broker endpoint that listens like Zeek's `Broker::listen` and publishes every
                 head once a collector has peered.
 --to kafka      hands the inputs to the collector service (`headbits collector --source replay`
-                or `heads-file`), which produces them to headbits.heads.v1; Kafka settings come
+                or `heads-file`), which produces them to headbits.heads.v2; Kafka settings come
                 from HEADBITS_* environment variables, as for `headbits collector`.
 
 Inputs are pcap/pcapng captures (reassembled by headbits.collector.pcap exactly as the Zeek

@@ -98,8 +98,10 @@ def byte_validity(head_lengths: np.ndarray, n: int) -> np.ndarray:
 
 
 def unpack_bits(head_bytes: np.ndarray) -> np.ndarray:
-    """uint8 [B, 2N] -> uint8 {0,1} [B, 16N], MSB first."""
-    return np.unpackbits(head_bytes, axis=1)
+    """uint8 [B, 2N] -> uint8 {0,1} [B, 16N], MSB first (one flat pass: rows are contiguous,
+    and numpy unpacks a flat buffer about twice as fast as along an axis)."""
+    rows = np.ascontiguousarray(head_bytes)
+    return np.unpackbits(rows.reshape(-1)).reshape(len(rows), 8 * rows.shape[1])
 
 
 def bit_validity(head_lengths: np.ndarray, n: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Run the featurizer service: PayloadHeads from Kafka -> packed feature records to Kafka.
 
-Consumes headbits.heads.v1 in batches, packs each connection's heads at N=64 with the expected
-protocol (Zeek's service, else the port), and produces headbits.features.v1 keyed by uid. Invalid
-or undecodable heads go to headbits.deadletter.v1 with their offset and reason. Offsets are stored
+Consumes headbits.heads.v2 in batches (`.v1` records too), packs each connection's heads at N=64
+with the expected protocol (Zeek's service, else the port), column by column, and produces
+headbits.features.v2: one Arrow batch per sensor, keyed by the sensor (`topic_format v1`: one Avro
+record per connection keyed by uid). Invalid or undecodable heads go to headbits.deadletter.v1
+with their offset (and row) and reason. Offsets are stored
 only after the outputs are acknowledged (at-least-once). Metrics and /healthz on --metrics-port.
 """
 
@@ -11,10 +13,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from headbits.common.kafka import FeaturesTopic, HeadsTopic
-from headbits.common.service import Output, ServiceSettings, Stage, Transformed, run_stage
+from headbits.common.service import ServiceSettings, Stage, TableOutput, Transformed, run_stage
 from headbits.common.settings import add_settings_arguments, settings_from_args
-from headbits.featurizer.transform import featurize
+from headbits.featurizer.transform import featurize_table
 
 
 @dataclass(frozen=True)
@@ -32,10 +36,10 @@ class FeaturizerStage(Stage):
     def output_schemas(self) -> dict[str, str]:
         return {self._topic: "features"}
 
-    def transform(self, records: list[dict]) -> Transformed:
-        features, rejected = featurize(records)
-        keys = [record["uid"] for record in features]
-        return Transformed([Output(self._topic, features, keys)], rejected)
+    def transform(self, table: pa.Table) -> Transformed:
+        features, rejected = featurize_table(table)
+        return Transformed([TableOutput(self._topic, features, features.column("sensor"))],
+                           rejected)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,10 @@ import functools
 import operator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from headbits.common.columnar import binary_column, pack_head_columns, table_of
 from headbits.common.protocols import Expectation, expected_protocol
 from headbits.common.records import MAX_HEAD_BYTES, TRANSPORTS, InvalidRecord, PayloadHead
 from headbits.featurizer.bits import pack_heads
@@ -125,3 +128,76 @@ def featurize(records: list[dict], n: int = FEATURE_N) -> tuple[list[dict], list
     """Feature records for the valid heads, and (input index, reason) for the rejected ones."""
     kept, rejected = screen_heads(records)
     return _pack_records([records[index] for index in kept], n), rejected
+
+
+# The .v2 path: a decoded table of PayloadHeads -> a table of Features, column by column --------
+
+def _table_cleared(heads: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bool per row: passes `PayloadHead.validate`, orig and resp head lengths), from columns
+    (a decoded table is typed and null-free, so the type checks of `from_dict` hold already)."""
+    def numbers(name: str) -> np.ndarray:
+        return heads.column(name).to_numpy()
+
+    cleared = pc.binary_length(heads.column("uid")).to_numpy() > 0
+    cleared &= pc.is_in(heads.column("transport"), value_set=pa.array(TRANSPORTS)).to_numpy()
+    for name in ("orig_p", "resp_p"):
+        port = numbers(name)
+        cleared &= (port >= 0) & (port <= 65535)
+    lengths = []
+    for direction in ("orig", "resp"):
+        length = pc.binary_length(heads.column(f"{direction}_head")).to_numpy().astype(np.int64)
+        cleared &= (length <= MAX_HEAD_BYTES) & (numbers(f"{direction}_bytes_seen") >= length)
+        lengths.append(length)
+    return cleared, lengths[0], lengths[1]
+
+
+def _expectation_columns(heads: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """(expected_protocol, expected_source) per row, computed once per distinct (services,
+    transport, port): a batch holds few distinct ones, so no Python runs per row."""
+    if heads.num_rows == 0:
+        return pa.array([], pa.string()), pa.array([], pa.string())
+    key = pc.binary_join_element_wise(
+        pc.binary_join(heads.column("services"), "\x00"), heads.column("transport"),
+        pc.cast(heads.column("resp_p"), pa.string()), "\x01")
+    encoded = pc.dictionary_encode(key)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    codes = encoded.indices.to_numpy()
+    _, first_rows = np.unique(codes, return_index=True)
+    firsts = heads.take(pa.array(first_rows)).select(["services", "transport", "resp_p"])
+    found = [_expectation(tuple(services), transport, port) for services, transport, port in
+             zip(*(firsts.column(name).to_pylist() for name in firsts.column_names), strict=True)]
+    order = np.empty(len(encoded.dictionary), np.int64)
+    order[codes[first_rows]] = np.arange(len(first_rows))
+    take = pa.array(order[codes])
+    protocols = pa.array([e.protocol for e in found], pa.string()).take(take)
+    sources = pa.array([e.source for e in found], pa.string()).take(take)
+    return protocols, sources
+
+
+def featurize_table(heads: pa.Table, n: int = FEATURE_N) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """The Features table of the valid rows of a PayloadHead table, and (row, reason) for the
+    rejected ones, worded exactly as `PayloadHead.validate` words them."""
+    cleared, orig_lengths, resp_lengths = _table_cleared(heads)
+    rejected = []
+    for row in np.flatnonzero(~cleared).tolist():
+        try:
+            PayloadHead.from_dict(heads.slice(row, 1).to_pylist()[0]).validate()
+            cleared[row] = True  # the screen only ever sends rows to the exact check
+        except InvalidRecord as error:
+            rejected.append((row, f"invalid PayloadHead: {error}"))
+    kept = heads if cleared.all() else heads.filter(pa.array(cleared))
+    head_bytes, _, _ = pack_head_columns(kept.column("orig_head"), kept.column("resp_head"), n)
+    protocols, sources = _expectation_columns(kept)
+    count = kept.num_rows
+    columns = {name: kept.column(name) for name in (
+        "uid", "ts", "sensor", "orig_h", "orig_p", "resp_h", "resp_p", "transport",
+        "orig_gap", "resp_gap")}
+    columns.update({
+        "expected_protocol": protocols, "expected_source": sources,
+        "n": np.full(count, n, np.int32),
+        "head_bytes": binary_column(head_bytes),
+        "orig_length": np.minimum(orig_lengths[cleared], n).astype(np.int32),
+        "resp_length": np.minimum(resp_lengths[cleared], n).astype(np.int32),
+    })
+    return table_of("features", columns, count), rejected

@@ -20,10 +20,14 @@ idempotent by uid); within a batch, a uid seen twice is scored once, with its la
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from headbits.common.columnar import binary_matrix, table_of
 from headbits.common.protocols import UNKNOWN
 from headbits.featurizer.bits import SUPPORTED_N, HeadBatch
 from headbits.scorer.backend import Scores
@@ -108,17 +112,28 @@ class Verdicts:
     alert_midstream: bool = False
 
     @classmethod
-    def of(cls, records: list[dict], scores: Scores, rule: AlertRule = DEFAULT_RULE) -> Verdicts:
-        classes = {name: index for index, name in enumerate(scores.model.classes)}
-        classes.pop(UNKNOWN, None)
+    def of(cls, records: Sequence[dict], scores: Scores, rule: AlertRule = DEFAULT_RULE
+           ) -> Verdicts:
         count = len(records)
-        expected = np.fromiter(
-            (classes.get(record["expected_protocol"], -1) for record in records), np.int64, count)
         midstream = np.fromiter((record["orig_gap"] or record["resp_gap"] for record in records),
                                 bool, count)
+        return cls.of_columns(pa.array([record["expected_protocol"] for record in records],
+                                       pa.string()), midstream, scores, rule)
+
+    @classmethod
+    def of_columns(cls, expected_protocols: pa.Array | pa.ChunkedArray, midstream: np.ndarray,
+                   scores: Scores, rule: AlertRule = DEFAULT_RULE) -> Verdicts:
+        """The same from columns: each row's expected protocol and midstream flag."""
+        classes = [name if name != UNKNOWN else None for name in scores.model.classes]
+        expected = pc.fill_null(pc.index_in(expected_protocols, value_set=pa.array(
+            [name for name in classes if name is not None], pa.string())), -1).to_numpy()
+        known = np.array([index for index, name in enumerate(classes) if name is not None]
+                         + [-1], np.int64)
+        expected = known[expected]  # position among the known classes -> class index
         predicted = np.argmax(scores.protocol_probs, axis=1)
         return cls(scores.tail_probability <= rule.alert_rate, scores.is_anomalous(),
-                   (expected >= 0) & (predicted != expected), midstream, rule.alert_midstream)
+                   (expected >= 0) & (predicted != expected), np.asarray(midstream, bool),
+                   rule.alert_midstream)
 
     @property
     def alerting(self) -> np.ndarray:
@@ -209,3 +224,98 @@ def score_records(
     """(alerts, scores): Alert records (schemas/alert.avsc) and Score records for every row."""
     verdicts = Verdicts.of(records, scores, rule)
     return alert_records(records, batch, scores, verdicts), score_dicts(records, scores, verdicts)
+
+
+# The .v2 path: the same decisions on a decoded Features table, column by column -------------
+
+class TableRows(Sequence):
+    """Rows of a table as records, built only when read: the alert path reads the few alerting
+    rows by index, so the other rows never become Python dicts."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+        self._built: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def __getitem__(self, row: int) -> dict:  # type: ignore[override]
+        if row not in self._built:
+            self._built[row] = self._table.slice(row, 1).to_pylist()[0]
+        return self._built[row]
+
+
+def last_per_uid_rows(table: pa.Table) -> np.ndarray:
+    """Row indices of the last row of each uid, in input order (as `last_per_uid`)."""
+    if table.num_rows == 0:
+        return np.zeros(0, np.int64)
+    indexed = pa.table({"uid": table.column("uid"), "row": np.arange(table.num_rows)})
+    last = indexed.group_by("uid", use_threads=False).aggregate([("row", "max")])
+    return np.sort(last.column("row_max").to_numpy())
+
+
+def check_features_table(table: pa.Table, model_n: int) -> list[tuple[int, str]]:
+    """(row, reason) of every row `check_features` refuses, worded as it words them."""
+    n = table.column("n").to_numpy()
+    width = pc.binary_length(table.column("head_bytes")).to_numpy()
+    ok = np.isin(n, SUPPORTED_N) & (n >= model_n) & (width == 2 * n)
+    for direction in DIRECTIONS:
+        length = table.column(f"{direction}_length").to_numpy()
+        ok &= (length >= 0) & (length <= n)
+    bad = np.flatnonzero(~ok).tolist()
+    rows = TableRows(table)
+    return [(row, check_features(rows[row], model_n)) for row in bad]
+
+
+def head_batch_table(table: pa.Table, model_n: int) -> HeadBatch:
+    """The heads of a checked Features table at the model's N: one reshape of the column's
+    buffer when every row has the same n (the topic's 64), else row by row."""
+    lengths = np.stack([table.column("orig_length").to_numpy(),
+                        table.column("resp_length").to_numpy()], axis=1).astype(np.int32)
+    n = table.column("n").to_numpy()
+    if len(n) and np.all(n == n[0]):
+        packed = binary_matrix(table.column("head_bytes"), 2 * int(n[0]))
+        if packed is not None:
+            return HeadBatch(packed.copy(), lengths).truncate(model_n)
+    return head_batch(list(TableRows(table)), model_n)
+
+
+def verdicts_of_table(table: pa.Table, scores: Scores, rule: AlertRule = DEFAULT_RULE
+                      ) -> Verdicts:
+    midstream = pc.or_(table.column("orig_gap"), table.column("resp_gap")).to_numpy()
+    return Verdicts.of_columns(table.column("expected_protocol"), midstream, scores, rule)
+
+
+def reasons(verdicts: Verdicts) -> np.ndarray:
+    """object [rows]: each row's comma-joined reasons (empty when it does not alert), built
+    per distinct combination rather than per row."""
+    alerting = verdicts.alerting
+    codes = (verdicts.novel * 1 + verdicts.anomalous * 2 + verdicts.mismatch * 4) * alerting
+    names = []
+    for code in range(8):
+        names.append(",".join(name for bit, name in ((1, NOVEL_PROTOCOL), (2, ANOMALOUS_BYTES),
+                                                     (4, PROTOCOL_MISMATCH)) if code & bit))
+    return np.array(names, dtype=object)[codes]
+
+
+def score_table(table: pa.Table, scores: Scores, verdicts: Verdicts) -> pa.Table:
+    """The Score table (schemas/score.avsc) of every row, built from whole columns; a Score
+    field this does not compute takes its schema default."""
+    model = scores.model
+    rows = table.num_rows
+    predicted = np.argmax(scores.protocol_probs, axis=1) if rows else np.zeros(0, np.int64)
+    classes = pa.array(list(model.classes), pa.string())
+    return table_of("score", {
+        "uid": table.column("uid"), "ts": table.column("ts"),
+        "score": scores.reconstruction_error, "threshold": scores.threshold,
+        "orig_error": scores.direction_error[:, 0], "resp_error": scores.direction_error[:, 1],
+        "model_name": pa.array([model.name] * rows, pa.string()),
+        "model_version": np.full(rows, model.version, np.int64),
+        "predicted_protocol": classes.take(pa.array(predicted)),
+        "predicted_probability": (scores.protocol_probs.max(axis=1) if rows
+                                  else np.zeros(0, np.float32)),
+        "expected_protocol": table.column("expected_protocol"),
+        "alert": verdicts.alerting, "novelty_score": scores.novelty_score,
+        "tail_probability": scores.tail_probability, "midstream": verdicts.midstream,
+        "reason": pa.array(reasons(verdicts).tolist(), pa.string()),
+    }, rows)

@@ -66,7 +66,15 @@ def score_in_chunks(
 class SavedModelBackend(ScoringBackend):
     """One exported version loaded with `tf.saved_model.load`, called through `serving_default`."""
 
-    def __init__(self, version_dir: Path, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, version_dir: Path, chunk_rows: int = CHUNK_ROWS, threads: int = 0) -> None:
+        """`threads` > 0 sets TensorFlow's thread pools (effective before TensorFlow first runs
+        in this process; later they are fixed and this is a no-op)."""
+        if threads > 0:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:
+                pass
         metadata = read_metadata(version_dir)
         self._info = ModelInfo(
             name=str(metadata["model"]),

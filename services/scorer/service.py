@@ -1,9 +1,11 @@
 """Run the scorer service: feature records from Kafka -> model scores -> alerts to Kafka.
 
-Consumes headbits.features.v1 in batches, scores them through a scoring backend (the in-process
+Consumes headbits.features.v2 in batches (`.v1` records too), from message to numpy with no
+per-row Python, scores them through a scoring backend (the in-process
 SavedModel, or TF Serving over gRPC), and writes every alert (reconstruction error over the
 threshold, or predicted protocol != expected protocol) to headbits.alerts.v1, keyed by uid; with
---write-scores, every score to headbits.scores.v1 as well. With --shadow-label canary (TF Serving
+--write-scores, every score to headbits.scores.v2 as well (one Arrow batch per sensor, or Avro
+records with topic_format v1). With --shadow-label canary (TF Serving
 backend) the canary version scores the same rows: its scores go to the scores topic beside the
 primary's, never to the alerts, and Prometheus counts where the two disagree. Records that cannot
 be scored (wrong N, undecodable, refused by the model on their own: see `score_bisecting`) go to
@@ -18,11 +20,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from headbits.common.kafka import AlertsTopic, DriftTopic, FeaturesTopic, ScoresTopic
@@ -33,6 +36,7 @@ from headbits.common.service import (
     Runtime,
     ServiceSettings,
     Stage,
+    TableOutput,
     Transformed,
     run_stage,
 )
@@ -47,12 +51,14 @@ from headbits.featurizer.bits import HeadBatch
 from headbits.scorer.alert_rules import (
     DEFAULT_RULE,
     AlertRule,
+    TableRows,
     Verdicts,
     alert_records,
-    check_features,
-    head_batch,
-    last_per_uid,
-    score_dicts,
+    check_features_table,
+    head_batch_table,
+    last_per_uid_rows,
+    score_table,
+    verdicts_of_table,
 )
 from headbits.scorer.backend import (
     BackendUnavailable,
@@ -75,6 +81,9 @@ class ScorerSettings(
     model_dir: Path | None = setting(
         None, "inprocess: a model base dir (latest <base>/headbits/<version>) or a version dir"
     )
+    inprocess_threads: int = setting(
+        0, "inprocess: TensorFlow threads of the model (0: TensorFlow's default); 1 costs the "
+           "least CPU per row when the scorer shares its cores with other processes")
     serving_target: str = setting(
         "127.0.0.1:8500", "tfserving: gRPC target (host:port, or dns:///host:port to spread over "
         "every address a headless Service resolves to)")
@@ -142,63 +151,99 @@ class ScorerStage(Stage):
             schemas[self._drift.topic] = "drift"
         return schemas
 
-    def transform(self, records: list[dict]) -> Transformed:
+    def transform(self, table: pa.Table) -> Transformed:
         model_n = self._backend.info().n
-        rejected, scorable, positions = [], [], []
-        for index in last_per_uid(records):
-            problem = check_features(records[index], model_n)
-            if problem is None:
-                scorable.append(records[index])
-                positions.append(index)
-            else:
-                rejected.append((index, problem))
-        if not scorable:
+        latest = last_per_uid_rows(table)
+        unique = table if len(latest) == table.num_rows else table.take(pa.array(latest))
+        refused_rows = check_features_table(unique, model_n)
+        rejected = [(int(latest[row]), problem) for row, problem in refused_rows]
+        if refused_rows:
+            keep = np.ones(unique.num_rows, bool)
+            keep[[row for row, _ in refused_rows]] = False
+            latest, unique = latest[keep], unique.filter(pa.array(keep))
+        if unique.num_rows == 0:
             return Transformed([], rejected)
-        batch = head_batch(scorable, model_n)
+        batch = head_batch_table(unique, model_n)
         parts, refused = score_bisecting(self._backend, batch)
-        rejected += [(positions[row], f"the model refused this record: {reason}")
+        rejected += [(int(latest[row]), f"the model refused this record: {reason}")
                      for row, reason in refused]
         alerts: list[dict] = []
-        everything: list[dict] = []
+        everything: list[pa.Table] = []
+        sensors: list[pa.ChunkedArray] = []
         drifts: list[dict] = []
         for rows, scores in parts:
-            part_records = scorable[rows]
+            part = unique.slice(rows.start, rows.stop - rows.start)
+            part_records = TableRows(part)
             part_batch = batch.select(rows)
-            verdicts = Verdicts.of(part_records, scores, self._rule)
+            verdicts = verdicts_of_table(part, scores, self._rule)
             alerts += alert_records(part_records, part_batch, scores, verdicts)
             if self._scores_topic:
-                everything += score_dicts(part_records, scores, verdicts)
+                everything.append(score_table(part, scores, verdicts))
+                sensors.append(part.column("sensor"))
                 if self._shadow is not None:
-                    everything += self._shadow_scores(part_records, scores)
+                    shadow = self._shadow_scores(part, scores)
+                    if shadow is not None:
+                        everything.append(shadow)
+                        sensors.append(part.column("sensor"))
             if self._drift is not None:
-                drifts += self._drift.observe(part_records, scores, verdicts)
+                drifts += self._drift.observe(part.column("sensor").to_pylist(), scores, verdicts)
         # Emit-time step (suppression, learning, aggregation, SIEM forms): scorer/emit.py.
-        emitted = self.emitter.emit([r["sensor"] for r in scorable], alerts, everything)
+        marks = ScoreMarks(everything)
+        emitted = self.emitter.emit(unique.column("sensor").to_pylist(), alerts, marks)
+        everything = marks.applied()
         alerts = emitted.alerts
-        outputs = [Output(self._alerts_topic, alerts, [a["uid"] for a in alerts]),
-                   *emitted.outputs]
+        outputs: list[Output | TableOutput] = [
+            Output(self._alerts_topic, alerts, [a["uid"] for a in alerts]), *emitted.outputs]
         if self._notices is not None:
             self._notices.publish([alert for alert in alerts if not alert["learning"]])
         if self._scores_topic:
-            outputs.append(Output(self._scores_topic, everything, [s["uid"] for s in everything]))
+            outputs.append(TableOutput(self._scores_topic, pa.concat_tables(everything),
+                                       pa.chunked_array(sensors)))
         if drifts:
             keys = [f"{d['kind']}/{d['key']}" for d in drifts]
             outputs.append(Output(self._drift.topic, drifts, keys))
         return Transformed(outputs, rejected)
 
-    def _shadow_scores(self, records: list[dict], primary: Scores) -> list[dict]:
-        """The shadow version's score records of the same rows. A shadow that cannot answer
-        never holds up the primary's alerts: its records are missing and the failure counted."""
+    def _shadow_scores(self, part: pa.Table, primary: Scores) -> pa.Table | None:
+        """The shadow version's Score table of the same rows. A shadow that cannot answer
+        never holds up the primary's alerts: its rows are missing and the failure counted."""
         try:
             shadow_n = self._shadow.info().n
-            shadow = self._shadow.score(head_batch(records, shadow_n))
+            shadow = self._shadow.score(head_batch_table(part, shadow_n))
         except (BackendUnavailable, ValueError):
             if self.shadow_metrics is not None:
                 self.shadow_metrics.failures.inc()
-            return []
+            return None
         if self.shadow_metrics is not None:
             self.shadow_metrics.observe(disagreement(primary, shadow))
-        return score_dicts(records, shadow, Verdicts.of(records, shadow, self._rule))
+        return score_table(part, shadow, verdicts_of_table(part, shadow, self._rule))
+
+
+class ScoreMarks:
+    """The Score tables of a batch as the emit step's Score records: rows become records (uid,
+    model_version) only when the step walks them, which it does only for a batch with a
+    suppressed alert; `applied()` writes back the `suppressed_by` it set."""
+
+    def __init__(self, tables: list[pa.Table]) -> None:
+        self._tables = tables
+        self._records: list[list[dict]] | None = None
+
+    def __iter__(self):
+        if self._records is None:
+            self._records = [
+                [{"uid": uid, "model_version": version} for uid, version in zip(
+                    table.column("uid").to_pylist(), table.column("model_version").to_pylist(),
+                    strict=True)]
+                for table in self._tables]
+        return (record for records in self._records for record in records)
+
+    def applied(self) -> list[pa.Table]:
+        if self._records is None:
+            return self._tables
+        column = "suppressed_by"
+        return [table.set_column(table.schema.get_field_index(column), column, pa.array(
+                    [record.get(column, "") for record in records], pa.string()))
+                for table, records in zip(self._tables, self._records, strict=True)]
 
 
 def score_bisecting(
@@ -280,13 +325,14 @@ class DriftReporter:
                               ["kind", "key"], **common)
         self._log = runtime.log
 
-    def observe(self, records: list[dict], scores: Scores, verdicts: Verdicts) -> list[dict]:
+    def observe(self, sensors: Sequence[str], scores: Scores, verdicts: Verdicts) -> list[dict]:
+        """Add a scored batch (`sensors` row-aligned with the scores)."""
         judged = ~verdicts.midstream  # a head whose start was not seen says nothing of drift
         rows = np.flatnonzero(judged)
         classes = scores.model.classes
         predicted = np.argmax(scores.protocol_probs[rows], axis=1)
         self.monitor.observe([classes[i] for i in predicted.tolist()],
-                             [records[i]["sensor"] for i in rows.tolist()],
+                             [sensors[i] for i in rows.tolist()],
                              scores.tail_probability[rows])
         if self._clock() < self._due:
             return []
@@ -326,7 +372,8 @@ def make_backend(settings: ScorerSettings) -> ScoringBackend:
         from headbits.common.model_repository import resolve_version_dir
         from headbits.scorer.inprocess import SavedModelBackend
 
-        return SavedModelBackend(resolve_version_dir(settings.model_dir))
+        return SavedModelBackend(resolve_version_dir(settings.model_dir),
+                                 threads=settings.inprocess_threads)
     if settings.backend == "tfserving":
         from headbits.scorer.tfserving import TFServingBackend
 

@@ -1,8 +1,9 @@
 """Run the trainer: one retraining on the retained features window, gated, then exit (a CronJob).
 
-Reads headbits.features.v1 from the first record of the last --window-hours (by Kafka record
-timestamp) on every partition up to the end offsets at start, with partitions assigned under a
-throw-away group id and nothing committed: no service's consumer group notices. Only rows whose
+Reads headbits.features.v2 (Arrow batches, or `.v1` records; a batch's rows are sampled in
+bounded chunks) from the first record of the last --window-hours (by Kafka record timestamp)
+on every partition up to the end offsets at start, with partitions assigned under a throw-away
+group id and nothing committed: no service's consumer group notices. Only rows whose
 protocol Zeek's parsers confirmed teach; port-labelled rows (what an attacker fakes) are counted
 and left out, from training and from evaluation alike.
 Undecodable records are counted and logged, not dead-lettered again (upstream did that).
@@ -35,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headbits.common.avro import DecodeError, ValueCodec, open_registry
+from headbits.common.avro import DecodeError, open_registry
+from headbits.common.columnar import RowDecoder
 from headbits.common.kafka import (
     DriftTopic,
     FeaturesTopic,
@@ -157,25 +159,29 @@ def read_window(settings: TrainerSettings, log: logging.Logger, now: float) -> W
         topic=topic, since=since, partitions=len(ranges),
         records=sum(end - start for start, end in ranges.values())))
     registry = open_registry(settings)
-    codec = ValueCodec("features", topic, registry)
+    codec = RowDecoder("features", topic, registry)
     counts = WindowCounts()
     verdicts = read_verdicts(settings, settings.feedback_topic, since)  # analysts' labels
     sample = StratifiedReservoir(sample_rows(settings), settings.seed)
     first_undecodable = ""
     last_report = time.monotonic()
+    records: list[dict] = []
     for messages in read_offset_ranges(settings, topic, ranges, settings.read_batch_size):
-        records = []
         for message in messages:
             try:
-                records.append(codec.decode(message.value(), message.headers()))
+                records += codec.rows(message.value(), message.headers())
             except DecodeError as error:
                 counts.undecodable += 1
                 if not first_undecodable:
                     first_undecodable = f"{topic}/{message.partition()}/{message.offset()}: {error}"
-        sample.add(screen(verdicts.apply(records, counts), settings.n, counts))
+            if len(records) >= settings.read_batch_size:  # a .v2 message holds many rows:
+                sample.add(screen(verdicts.apply(records, counts), settings.n, counts))
+                records = []  # bounded, whatever the format
         if time.monotonic() - last_report > PROGRESS_SECONDS:
             last_report = time.monotonic()
             log.info("reading", extra=fields(**counts.to_dict()))
+    sample.add(screen(verdicts.apply(records, counts), settings.n, counts))
+    counts.undecodable += codec.bad_rows
     if counts.undecodable:
         log.warning("undecodable records skipped (dead-lettered upstream already)", extra=fields(
             count=counts.undecodable, first=first_undecodable))

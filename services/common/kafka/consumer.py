@@ -52,7 +52,9 @@ class Consumer:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
             "fetch.min.bytes": 1,
-            "queued.max.messages.kbytes": 65_536,
+            # Prefetch bound: 16 MB is about 80k connections as .v2 batches, plenty to keep a
+            # service busy, and it keeps a service that is far behind within its memory bound.
+            "queued.max.messages.kbytes": 16_384,
             **overrides,
         }
         if on_lag is not None:

@@ -83,13 +83,16 @@ class Producer:
         key: bytes | str | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
         timestamp_ms: int = 0,
+        records: int = 1,
     ) -> None:
-        """`timestamp_ms` 0: the record's timestamp is the produce time (CreateTime)."""
+        """`timestamp_ms` 0: the record's timestamp is the produce time (CreateTime). `records`:
+        how many records the value holds (a `.v2` batch), which is what acknowledgements count
+        (a failed delivery counts one)."""
         deadline = None
         while True:
             try:
                 self._producer.produce(topic, value, key, headers=headers, timestamp=timestamp_ms)
-                self._unsettled[topic] += 1
+                self._unsettled[topic] += records
                 return
             except BufferError:
                 now = time.monotonic()

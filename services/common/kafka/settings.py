@@ -59,13 +59,15 @@ class ProducerBuffer:
 
 @dataclass(frozen=True)
 class HeadsTopic:
-    heads_topic: str = setting("headbits.heads.v1", "topic of PayloadHeads")
+    heads_topic: str = setting(
+        "headbits.heads.v2", "topic of PayloadHeads (.v2: Arrow batches; a .v1 topic is read too)")
     heads_retention_days: float = setting(7.0, "retention of the heads topic")
 
 
 @dataclass(frozen=True)
 class FeaturesTopic:
-    features_topic: str = setting("headbits.features.v1", "topic of feature records")
+    features_topic: str = setting(
+        "headbits.features.v2", "topic of feature records (a .v1 topic is read too)")
     features_retention_days: float = setting(30.0, "retention of the features topic (training)")
 
 
@@ -77,7 +79,8 @@ class AlertsTopic:
 
 @dataclass(frozen=True)
 class ScoresTopic:
-    scores_topic: str = setting("headbits.scores.v1", "topic of every score (optional output)")
+    scores_topic: str = setting(
+        "headbits.scores.v2", "topic of every score (optional output; .v1 is read too)")
     scores_retention_days: float = setting(7.0, "retention of the scores topic")
 
 
