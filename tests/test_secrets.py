@@ -41,9 +41,10 @@ def test_secret_values_are_typed_and_hidden():
     assert_no_secret(str(caught.value))
 
 
-@pytest.mark.parametrize("verb", ["collector", "featurizer", "scorer", "trainer", "alerts"])
-def test_help_shows_no_secret(verb: str):
-    result = headbits(verb, "--help", env=SECRET_ENV)
+@pytest.mark.parametrize("command", ["collector", "featurizer", "scorer", "trainer",
+                                     "alerts tail", "alerts mark", "rules add", "rules list"])
+def test_help_shows_no_secret(command: str):
+    result = headbits(*command.split(), "--help", env=SECRET_ENV)
     assert result.returncode == 0, result.stderr
     assert "--sasl-password SECRET" in result.stdout
     assert_no_secret(result.stdout + result.stderr)
