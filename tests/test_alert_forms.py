@@ -5,6 +5,7 @@ field definitions (tests/data/siem, see each schema's description for its source
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jsonschema
@@ -61,6 +62,14 @@ def binary_on_80() -> dict:
 def test_community_id_matches_the_published_vectors(transport, seed, expected):
     assert community_id("1.2.3.4", 1122, "5.6.7.8", 3344, transport, seed) == expected
     assert community_id("5.6.7.8", 3344, "1.2.3.4", 1122, transport, seed) == expected
+
+
+def test_community_id_logs_nothing_at_the_services_log_level(caplog):
+    """The package traces each hash at INFO; at a service's level that would be seven log lines
+    per alert."""
+    with caplog.at_level(logging.INFO):
+        assert community_id("10.0.0.1", 5844, "10.0.0.2", 8443, "tcp").startswith("1:")
+    assert [r for r in caplog.records if r.name.startswith("communityid")] == []
 
 
 def test_community_id_of_what_it_cannot_hash_is_empty():

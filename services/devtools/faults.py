@@ -42,6 +42,7 @@ import confluent_kafka
 import numpy as np
 
 from headbits.common.avro import ValueCodec, write_heads_file
+from headbits.common.columnar import RowDecoder
 from headbits.common.kafka import KafkaSettings, Producer
 from headbits.common.records import PayloadHead
 from headbits.devtools import kafka_broker
@@ -136,6 +137,7 @@ class OutputTail:
                        settings.deadletter_topic: "deadletter"}
         self._letters = ValueCodec("deadletter", settings.deadletter_topic)
         self._alerts = ValueCodec("alert", settings.alerts_topic)
+        self._scores = RowDecoder("score", settings.scores_topic)  # `.v1` records or `.v2` batches
         self._consumer = Consumer(settings, f"faults-tail-{uuid.uuid4().hex}", list(self.topics),
                                   **{"enable.auto.commit": False})
         self.observed = Observed()
@@ -147,7 +149,8 @@ class OutputTail:
             for message in messages:
                 kind, key = self.topics[message.topic()], (message.key() or b"").decode()
                 if kind == "scores":
-                    self.observed.scored[key] += 1
+                    self.observed.scored.update(
+                        row["uid"] for row in self._scores.rows(message.value(), message.headers()))
                 elif kind == "alerts":
                     self.observed.alerts[key].append(
                         self._alerts.decode(message.value(), message.headers()))

@@ -9,9 +9,14 @@ and what the other tools use unless configured otherwise.
 from __future__ import annotations
 
 import functools
+import logging
 
 import communityid
 from communityid.error import FlowTupleError
+
+# The package traces every hash it computes (seven lines) at INFO: at a service's usual log level
+# that is most of the scorer's log and of its time. Its warnings still come through.
+logging.getLogger(communityid.__name__).setLevel(logging.WARNING)
 
 _MAKERS = {"tcp": communityid.FlowTuple.make_tcp, "udp": communityid.FlowTuple.make_udp}
 
