@@ -154,7 +154,13 @@ def load_settings(
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _convert(raw, kinds[name], "--" + name.replace("_", "-"))
-    return cls(**values)
+    try:
+        return cls(**values)
+    except SettingsError as error:  # a check across fields, of values from any of the sources
+        if config_file:
+            raise SettingsError(f"{error} (settings from config file {config_file}, "
+                                "HEADBITS_* variables and options)") from error
+        raise
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
