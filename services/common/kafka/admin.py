@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -31,23 +31,27 @@ def ensure_topics(
     broker's defaults), retention from the topic classes it includes (else 7 days).
     """
     creation = settings if isinstance(settings, TopicCreation) else TopicCreation()
-    client = admin(settings)
     retention = topic_retentions(settings)
+    return create_missing(settings, names, lambda name: NewTopic(
+        name,
+        num_partitions=creation.topic_partitions,
+        replication_factor=creation.topic_replication_factor,
+        config={"retention.ms": str(int(retention.get(name, 7.0) * DAY_MS))},
+    ), timeout)
+
+
+def create_missing(settings: KafkaConnection, names: Iterable[str],
+                   new_topic: Callable[[str], NewTopic], timeout: float = 30.0) -> list[str]:
+    """Create those of `names` that do not exist yet, each as `new_topic(name)` describes it;
+    return the created (a topic another client created meanwhile counts as existing)."""
+    client = admin(settings)
     existing = set(client.list_topics(timeout=timeout).topics)
     missing = [name for name in dict.fromkeys(names) if name not in existing]
     if not missing:
         return []
-    new_topics = [
-        NewTopic(
-            name,
-            num_partitions=creation.topic_partitions,
-            replication_factor=creation.topic_replication_factor,
-            config={"retention.ms": str(int(retention.get(name, 7.0) * DAY_MS))},
-        )
-        for name in missing
-    ]
     created = []
-    for name, future in client.create_topics(new_topics, request_timeout=timeout).items():
+    futures = client.create_topics([new_topic(name) for name in missing], request_timeout=timeout)
+    for name, future in futures.items():
         try:
             future.result()
             created.append(name)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import confluent_kafka
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from headbits.common.kafka.admin import admin
+from headbits.common.kafka.admin import create_missing
 from headbits.common.kafka.client_log import client_log_config
 from headbits.common.kafka.settings import DAY_MS, KafkaConnection, connection_config
 
@@ -104,25 +104,9 @@ def ensure_compacted_topics(settings: KafkaConnection, names: Sequence[str],
     """Create the missing ones of `names` as compacted topics (latest value per key kept, a null
     value deletes the key); with `retention_days`, `compact,delete`: keys not rewritten for that
     long go too. Returns the created."""
-    client = admin(settings)
-    existing = set(client.list_topics(timeout=timeout).topics)
     config = {"cleanup.policy": "compact"}
     if retention_days is not None:
         config = {"cleanup.policy": "compact,delete",
                   "retention.ms": str(int(retention_days * DAY_MS))}
-    missing = [name for name in dict.fromkeys(names) if name not in existing]
-    if not missing:
-        return []
-    futures = client.create_topics(
-        [confluent_kafka.admin.NewTopic(name, num_partitions=partitions,
-                                        replication_factor=replication, config=config)
-         for name in missing], request_timeout=timeout)
-    created = []
-    for name, future in futures.items():
-        try:
-            future.result()
-            created.append(name)
-        except KafkaException as error:
-            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    return created
+    return create_missing(settings, names, lambda name: confluent_kafka.admin.NewTopic(
+        name, num_partitions=partitions, replication_factor=replication, config=config), timeout)
