@@ -53,6 +53,20 @@ def test_monitor_flags_the_slice_that_drifted_only():
     assert report[("protocol", "tls")].rows == 2000, "the window holds the last rows only"
 
 
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("xy"), st.floats(0, 1)),
+                max_size=60), st.integers(1, 8))
+def test_each_slice_keeps_its_own_last_rows_of_a_mixed_batch(rows, window):
+    monitor = DriftMonitor(window_rows=window, min_rows=1)
+    if rows:
+        protocols, sensors, tail = zip(*rows, strict=True)
+        monitor.observe(np.array(protocols, dtype=object), list(sensors), np.array(tail))
+    for (kind, key), ring in monitor._slices.items():
+        column = 0 if kind == "protocol" else 1
+        mine = [np.float32(row[2]) for row in rows if row[column] == key]
+        assert ring.values().tolist() == mine[-window:], "one batch: its last rows, in order"
+    assert {key for (_, key) in monitor._slices} == {r[0] for r in rows} | {r[1] for r in rows}
+
+
 def test_too_few_rows_never_cross():
     monitor = DriftMonitor(window_rows=1000, min_rows=500)
     monitor.observe(["tls"] * 100, ["s"] * 100, np.zeros(100))

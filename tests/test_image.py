@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from headbits import __version__
+from headbits.common.kafka.follower import ensure_compacted_topics
 from headbits.devtools.harness import Topics, read_topic
 from tests.serving_models import export_versions
 from tests.source_helpers import make_heads, produce_heads
@@ -131,12 +132,14 @@ def test_every_verb_of_an_image_starts(containers: dict[str, str], target: str) 
 
 
 @contextmanager
-def service(name: str, verb: str, env: dict[str, str],
+def service(name: str, verb: str, env: dict[str, str], log: Path,
             volumes: tuple[str, ...] = ()) -> Iterator[None]:
-    """`headbits <verb>` in a container of the image, as the chart's container command runs it."""
-    process = subprocess.Popen([*run_args(name, env, volumes), "headbits", verb],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    """`headbits <verb>` in a container of the image, as the chart's container command runs it;
+    its output goes to `log`, which a failing test shows."""
+    with log.open("wb") as output:
+        process = subprocess.Popen([*run_args(name, env, volumes), "headbits", verb],
+                                   stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
         yield
     finally:
@@ -157,13 +160,24 @@ def test_featurizer_and_scorer_images_stream_heads_to_scores(
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by UID 10001
     tmp_path.chmod(0o755)
     topics = Topics(kafka_bootstrap)
-    env = {**topics.env, "HEADBITS_METRICS_PORT": "-1", "HEADBITS_CREATE_TOPICS": "false"}
+    # The services create no topic, as under the chart, whose KafkaTopics create the compacted
+    # rules topic the scorer follows.
+    rules_topic = f"{topics['heads']}.rules"
+    ensure_compacted_topics(topics.settings, [rules_topic])
+    env = {**topics.env, "HEADBITS_METRICS_PORT": "-1", "HEADBITS_CREATE_TOPICS": "false",
+           "HEADBITS_RULES_TOPIC": rules_topic}
     heads = make_heads(200)
     produce_heads(topics.settings, topics["heads"], heads)
     scorer_env = {**env, "HEADBITS_MODEL_DIR": "/models", "HEADBITS_WRITE_SCORES": "true"}
-    with service(containers["featurizer"], "featurizer", env), \
-            service(containers["scorer"], "scorer", scorer_env, (f"{models}:/models:ro",)):
+    logs = {verb: tmp_path / f"{verb}.log" for verb in ("featurizer", "scorer")}
+    with service(containers["featurizer"], "featurizer", env, logs["featurizer"]), \
+            service(containers["scorer"], "scorer", scorer_env, logs["scorer"],
+                    (f"{models}:/models:ro",)):
         scores = read_topic(topics.settings, topics["scores"], "score",
                             lambda got: len({s["uid"] for s in got}) >= len(heads), timeout=240)
-    assert {s["uid"] for s in scores} == {h.uid for h in heads}
+    uids = {s["uid"] for s in scores}
+    assert uids == {h.uid for h in heads}, (
+        f"{len(uids)} of {len(heads)} heads scored\n"
+        + "\n".join(f"--- {verb}:\n{path.read_text(errors='replace')[-3000:]}"
+                    for verb, path in logs.items()))
     assert {s["model_version"] for s in scores} == {1}

@@ -243,3 +243,20 @@ def test_an_aggregation_window_survives_a_scorer_restart_and_the_json_topic_has_
         assert document["headbits"]["count"] == 5 and document["event"]["kind"] == "alert"
     finally:
         pipeline.stop()
+
+
+def test_a_scorer_whose_rules_topic_is_missing_stops_and_names_it(
+    kafka_bootstrap, model_version_dir,  # noqa: F811
+):
+    import os
+
+    topics = Topics(kafka_bootstrap)
+    missing = f"{topics['heads']}.rules-never-created"
+    env = {**os.environ, **topics.env, "HEADBITS_CREATE_TOPICS": "false",
+           "HEADBITS_METRICS_PORT": "-1", "HEADBITS_RULES_TOPIC": missing}
+    done = subprocess.run([sys.executable, "-m", "headbits.cli", "scorer", "--model-dir",
+                           str(model_version_dir)], env=env, check=False, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"topic {missing!r} does not exist" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -88,17 +88,23 @@ class DriftMonitor:
         self.target_rate = target_rate
         self._slices: dict[tuple[str, str], Ring] = {}
 
-    def observe(self, protocols: Sequence[str], sensors: Sequence[str],
+    def observe(self, protocols: Sequence[str] | np.ndarray, sensors: Sequence[str] | np.ndarray,
                 tail_probabilities: np.ndarray) -> None:
         """Add one batch of scores (row-aligned: predicted protocol, sensor, tail probability)."""
         tail = np.asarray(tail_probabilities, dtype=np.float32)
         for kind, names in (("protocol", protocols), ("sensor", sensors)):
-            keys = np.asarray(names, dtype=object)
-            for key in set(keys.tolist()):
+            keys, of_row = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+            # One stable sort groups the rows by key and keeps each key's rows in arrival
+            # order, which the ring's "last values" depend on.
+            grouped = tail[np.argsort(of_row, kind="stable")]
+            counts = np.bincount(of_row, minlength=len(keys))
+            ends = np.cumsum(counts)
+            for key, start, end in zip(keys.tolist(), (ends - counts).tolist(), ends.tolist(),
+                                       strict=True):
                 ring = self._slices.get((kind, key))
                 if ring is None:
                     ring = self._slices[(kind, key)] = Ring(self.window_rows)
-                ring.extend(tail[keys == key])
+                ring.extend(grouped[start:end])
 
     def report(self) -> list[SliceDrift]:
         """Every slice's drift now, slices with too few rows marked as not crossed."""

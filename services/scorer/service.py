@@ -186,7 +186,8 @@ class ScorerStage(Stage):
                         everything.append(shadow)
                         sensors.append(part.column("sensor"))
             if self._drift is not None:
-                drifts += self._drift.observe(part.column("sensor").to_pylist(), scores, verdicts)
+                drifts += self._drift.observe(
+                    part.column("sensor").to_numpy(zero_copy_only=False), scores, verdicts)
         # Emit-time step (suppression, learning, aggregation, SIEM forms): scorer/emit.py.
         marks = ScoreMarks(everything)
         emitted = self.emitter.emit(unique.column("sensor").to_pylist(), alerts, marks)
@@ -325,14 +326,15 @@ class DriftReporter:
                               ["kind", "key"], **common)
         self._log = runtime.log
 
-    def observe(self, sensors: Sequence[str], scores: Scores, verdicts: Verdicts) -> list[dict]:
+    def observe(self, sensors: Sequence[str] | np.ndarray, scores: Scores,
+                verdicts: Verdicts) -> list[dict]:
         """Add a scored batch (`sensors` row-aligned with the scores)."""
         judged = ~verdicts.midstream  # a head whose start was not seen says nothing of drift
         rows = np.flatnonzero(judged)
         classes = scores.model.classes
         predicted = np.argmax(scores.protocol_probs[rows], axis=1)
-        self.monitor.observe([classes[i] for i in predicted.tolist()],
-                             [sensors[i] for i in rows.tolist()],
+        self.monitor.observe(np.asarray(classes, dtype=object)[predicted],
+                             np.asarray(sensors, dtype=object)[rows],
                              scores.tail_probability[rows])
         if self._clock() < self._due:
             return []

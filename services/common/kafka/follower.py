@@ -20,10 +20,17 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from headbits.common.kafka.admin import create_missing
 from headbits.common.kafka.client_log import client_log_config
 from headbits.common.kafka.settings import DAY_MS, KafkaConnection, connection_config
+from headbits.common.settings import SettingsError
 
 Message = confluent_kafka.Message
 _NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                   KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT)
+
+
+class MissingTopicError(SettingsError):
+    """A followed topic does not exist: the deployment must create it (the chart's KafkaTopics)
+    or let the service create it (`create_topics`). Following nothing instead would silently
+    drop every suppression rule, so the service stops with this message."""
 
 
 class TopicFollower:
@@ -43,6 +50,11 @@ class TopicFollower:
         for topic in topics:
             metadata = self._consumer.list_topics(topic, timeout=timeout).topics[topic]
             if metadata.error is not None:
+                if metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    self._consumer.close()
+                    raise MissingTopicError(
+                        f"topic {topic!r} does not exist: create it (the chart's KafkaTopics "
+                        "do) or set create_topics: true")
                 raise KafkaException(metadata.error)
             for partition in metadata.partitions:
                 partitions.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
