@@ -1,0 +1,240 @@
+"""The `ModelStore` contract (common/model_store/base.py), run against every implementation.
+
+A directory (the volume TF Serving replicas mount) and an S3 bucket, the latter on the stand-in
+for S3 (moto's standalone server, which speaks S3's REST protocol, with credentials enforced;
+services/devtools/s3_standin.py), configured from TF Serving's own environment variables as in
+production. Both must list published versions with their metadata, hand them back, refuse to
+overwrite one, leave no integer-named version behind a failed publish, and take the next number
+from what TF Serving would see.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from headbits.common.model_repository import METADATA_FILE, RepositoryLocation
+from headbits.common.model_store import ModelStore, StoreError, VolumeStore, open_store
+from headbits.common.model_store.s3 import S3Store
+from headbits.devtools.s3_standin import S3Standin
+
+
+@dataclass
+class Made:
+    store: ModelStore
+    children: Callable[[], set[str]]  # every child name of the base path, raw
+    plant: Callable[[str, bytes], None]  # an object at a path below the base path
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Standin]:
+    standin = S3Standin().start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def s3_environment(s3: S3Standin, monkeypatch, tmp_path: Path) -> S3Standin:
+    """TF Serving's variables pointing at the stand-in, and no credentials from anywhere else."""
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in s3.environment().items():
+        monkeypatch.setenv(name, value)
+    return s3
+
+
+def volume(request, tmp_path: Path) -> Made:
+    model_dir = tmp_path / "models" / "headbits"
+
+    def plant(name: str, content: bytes) -> None:
+        (model_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (model_dir / name).write_bytes(content)
+
+    return Made(VolumeStore(model_dir),
+                lambda: {p.name for p in model_dir.iterdir()} if model_dir.exists() else set(),
+                plant)
+
+
+def bucket(request, tmp_path: Path) -> Made:
+    standin = request.getfixturevalue("s3_environment")
+    name = f"models-{uuid.uuid4().hex[:8]}"
+    client = standin.client()
+    client.create_bucket(Bucket=name)
+    prefix = "headbits-repository/headbits"
+
+    def children() -> set[str]:
+        page = client.list_objects_v2(Bucket=name, Prefix=prefix + "/", Delimiter="/")
+        return {p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in page.get("CommonPrefixes", [])}
+
+    def plant(key: str, content: bytes) -> None:
+        client.put_object(Bucket=name, Key=f"{prefix}/{key}", Body=content)
+
+    return Made(S3Store(f"s3://{name}/{prefix}"), children, plant)
+
+
+FACTORIES = {"volume": volume, "s3": bucket}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def made(request, tmp_path: Path) -> Made:
+    return FACTORIES[request.param](request, tmp_path)
+
+
+def saved_model_tree(root: Path, version: int) -> dict[str, bytes]:
+    """A SavedModel directory's shape: the graph, variables, headbits.json."""
+    files = {
+        "saved_model.pb": b"graph of version %d" % version,
+        "fingerprint.pb": b"fingerprint",
+        "variables/variables.index": b"index %d" % version,
+        "variables/variables.data-00000-of-00001": bytes(range(256)) * (version * 40),
+        METADATA_FILE.as_posix(): json.dumps({"model": "headbits", "version": version,
+                                              "metrics": {"auroc": 0.9 + version / 100}}).encode(),
+    }
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return files
+
+
+def publish(store: ModelStore, tmp_path: Path, version: int) -> dict[str, bytes]:
+    staging = tmp_path / f"export-{version}"
+    files = saved_model_tree(staging, version)
+    store.publish(staging, version)
+    return files
+
+
+def test_published_versions_are_listed_with_their_metadata(made: Made, tmp_path: Path) -> None:
+    assert made.store.version_names() == [] and made.store.next_version() == 1
+    publish(made.store, tmp_path, 1)
+    publish(made.store, tmp_path, made.store.next_version())
+    assert made.store.version_names() == [1, 2]
+    assert made.children() == {"1", "2"}  # nothing else left beside them
+    listed = made.store.list_versions()
+    assert [v.version for v in listed] == [1, 2]
+    assert [v.metadata["metrics"]["auroc"] for v in listed] == [0.91, 0.92]
+    assert listed[1].location == f"{made.store.base_path}/2"
+    assert made.store.read_metadata(2)["version"] == 2
+    assert made.store.next_version() == 3
+
+
+def test_a_fetched_version_holds_every_published_file(made: Made, tmp_path: Path) -> None:
+    files = publish(made.store, tmp_path, 1)
+    local = made.store.fetch(1, tmp_path / "fetched")
+    found = {p.relative_to(local).as_posix(): p.read_bytes()
+             for p in local.rglob("*") if p.is_file()}
+    assert found == files
+    with pytest.raises(FileNotFoundError):
+        made.store.fetch(7, tmp_path / "fetched")
+
+
+def test_a_version_is_never_overwritten(made: Made, tmp_path: Path) -> None:
+    publish(made.store, tmp_path, 1)
+    staging = tmp_path / "again"
+    saved_model_tree(staging, 5)
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        made.store.publish(staging, 1)
+    assert made.store.read_metadata(1)["version"] == 1
+
+
+def test_a_failed_publish_leaves_no_integer_named_version(made: Made, tmp_path: Path) -> None:
+    publish(made.store, tmp_path, 1)
+    staging = tmp_path / "broken"
+    saved_model_tree(staging, 2)
+    # A file that cannot be read halfway through the tree (before and after it in upload order).
+    (staging / "variables" / "variables.data-00001-of-00002").symlink_to(tmp_path / "missing")
+    with pytest.raises(OSError):
+        made.store.publish(staging, 2)
+    assert made.children() == {"1"}  # neither version 2 nor a temporary name is left
+    assert made.store.version_names() == [1]
+    assert made.store.next_version() == 2
+
+
+def test_a_half_copied_version_is_listed_as_unreadable_and_its_number_never_reused(
+    made: Made, tmp_path: Path,
+) -> None:
+    """A publish killed while copying into place (no cleanup could run): TF Serving would see
+    the integer name, so the store counts it, shows why it is unusable and publishes past it."""
+    publish(made.store, tmp_path, 1)
+    made.plant("2/variables/variables.index", b"half")
+    made.plant(".3.partial-killed/saved_model.pb", b"upload killed")  # a non-integer name
+    assert made.store.version_names() == [1, 2]
+    (_, half) = made.store.list_versions()
+    assert half.version == 2 and "error" in half.metadata
+    assert made.store.next_version() == 3
+    with pytest.raises(FileNotFoundError):
+        made.store.read_metadata(2)
+
+
+def test_wrong_credentials_name_the_store_and_what_to_check(
+    s3_environment: S3Standin, monkeypatch,
+) -> None:
+    s3_environment.client().create_bucket(Bucket="guarded")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(StoreError, match="SignatureDoesNotMatch") as error:
+        S3Store("s3://guarded/models/headbits").version_names()
+    assert "s3://guarded/models/headbits" in str(error.value)
+    assert "AWS_SECRET_ACCESS_KEY" in str(error.value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDUNKNOWN")
+    with pytest.raises(StoreError, match="InvalidAccessKeyId"):
+        S3Store("s3://guarded/models/headbits").next_version()
+
+
+def test_missing_credentials_and_a_missing_bucket_are_store_errors(
+    s3_environment: S3Standin, monkeypatch, tmp_path: Path,
+) -> None:
+    with pytest.raises(StoreError, match="NoSuchBucket"):
+        S3Store("s3://no-such-bucket/models").version_names()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    staging = tmp_path / "export"
+    saved_model_tree(staging, 1)
+    with pytest.raises(StoreError, match="Unable to locate credentials"):
+        S3Store("s3://no-such-bucket/models").publish(staging, 1)
+
+
+def test_model_store_chooses_the_implementation(tmp_path: Path, s3_environment) -> None:
+    local = open_store(RepositoryLocation(models_dir=tmp_path), "headbits")
+    assert isinstance(local, VolumeStore)
+    assert local.base_path == str((tmp_path / "headbits").resolve())
+    remote = open_store(RepositoryLocation(model_store="s3://detections/headbits/"), "hb")
+    assert isinstance(remote, S3Store) and remote.base_path == "s3://detections/headbits/hb"
+    with pytest.raises(StoreError, match="gs:// is not supported by the trainer"):
+        open_store(RepositoryLocation(model_store="gs://detections/headbits"), "hb")
+
+
+@pytest.mark.slow
+def test_a_trained_version_published_by_the_exporter_loads_after_fetch(
+    made: Made, tmp_path: Path,
+) -> None:
+    """The trainer's own path: publish_model into the store, `headbits model`'s listing of it,
+    and the fetched copy scored in-process as the trainer scores the stable version."""
+    from headbits.scorer.inprocess import SavedModelBackend
+    from headbits.trainer.export import publish_model
+    from headbits.trainer.rollout import ModelSettings, Repository, version_rows
+    from tests.serving_models import _trained, labelled_heads
+
+    location = publish_model(_trained(1), made.store, metadata={"metrics": {"auroc": 0.75}})
+    assert location == f"{made.store.base_path}/1"
+    assert made.children() == {"1"}
+    backend = SavedModelBackend(made.store.fetch(1, tmp_path / "fetched"))
+    try:
+        heads = labelled_heads(16, seed=5)[0]
+        assert len(backend.score(heads).reconstruction_error) == 16
+    finally:
+        backend.close()
+
+    settings = ModelSettings(models_dir=tmp_path / "models",
+                             model_store=made.store.base_path.removesuffix("/headbits")
+                             if isinstance(made.store, S3Store) else "",
+                             config_file=tmp_path / "serving" / "models.config")
+    repository = Repository(settings)
+    assert repository.base_path == made.store.base_path
+    ((version, labels, loaded, n, classes, _, metrics),) = version_rows(repository)
+    assert (version, labels, loaded, n, classes, metrics) == ("1", "-", "no", "8", "2",
+                                                              "auroc=0.75")
