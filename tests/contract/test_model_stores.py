@@ -20,7 +20,7 @@ import pytest
 
 from headbits.common.model_repository import METADATA_FILE, RepositoryLocation
 from headbits.common.model_store import ModelStore, StoreError, VolumeStore, open_store
-from headbits.common.model_store.s3 import S3Store
+from headbits.common.model_store.s3 import S3Store, client_from_environment
 from headbits.devtools.s3_standin import S3Standin
 
 
@@ -171,6 +171,52 @@ def test_a_half_copied_version_is_listed_as_unreadable_and_its_number_never_reus
         made.store.read_metadata(2)
 
 
+class DroppingClient:
+    """The production S3 client, with the connection dropping at the `fail_at`-th CopyObject:
+    records the keys copied into place, in order."""
+
+    def __init__(self, client, fail_at: int | None = None) -> None:
+        self._client, self._fail_at = client, fail_at
+        self.copied: list[str] = []
+
+    def copy_object(self, **kwargs):
+        from botocore.exceptions import EndpointConnectionError
+
+        if len(self.copied) + 1 == self._fail_at:
+            raise EndpointConnectionError(endpoint_url="http://s3-standin")
+        answer = self._client.copy_object(**kwargs)
+        self.copied.append(kwargs["Key"])
+        return answer
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
+def test_s3_copies_saved_model_pb_into_place_last(s3_environment, tmp_path: Path) -> None:
+    """TF Serving loads a version once saved_model.pb is there: everything else must be before
+    it (common/model_store/s3.py says why, from TF Serving's sources)."""
+    s3_environment.client().create_bucket(Bucket="ordered")
+    recording = DroppingClient(client_from_environment())
+    store = S3Store("s3://ordered/models/headbits", client=recording)
+    files = publish(store, tmp_path, 1)
+    assert len(recording.copied) == len(files)
+    assert recording.copied[-1] == "models/headbits/1/saved_model.pb"
+
+
+def test_s3_publish_dropped_while_copying_into_place_leaves_no_version(
+    s3_environment, tmp_path: Path,
+) -> None:
+    s3_environment.client().create_bucket(Bucket="dropping")
+    store = S3Store("s3://dropping/models/headbits", client=DroppingClient(
+        client_from_environment(), fail_at=3))
+    staging = tmp_path / "export"
+    saved_model_tree(staging, 1)
+    with pytest.raises(StoreError, match="copying"):
+        store.publish(staging, 1)
+    page = s3_environment.client().list_objects_v2(Bucket="dropping")
+    assert page.get("KeyCount") == 0, [item["Key"] for item in page.get("Contents", [])]
+
+
 def test_wrong_credentials_name_the_store_and_what_to_check(
     s3_environment: S3Standin, monkeypatch,
 ) -> None:
@@ -204,7 +250,7 @@ def test_model_store_chooses_the_implementation(tmp_path: Path, s3_environment) 
     assert local.base_path == str((tmp_path / "headbits").resolve())
     remote = open_store(RepositoryLocation(model_store="s3://detections/headbits/"), "hb")
     assert isinstance(remote, S3Store) and remote.base_path == "s3://detections/headbits/hb"
-    with pytest.raises(StoreError, match="gs:// is not supported by the trainer"):
+    with pytest.raises(StoreError, match="in s3:// buckets only"):
         open_store(RepositoryLocation(model_store="gs://detections/headbits"), "hb")
 
 

@@ -23,4 +23,5 @@ def open_store(location: RepositoryLocation, model_name: str) -> ModelStore:
 
         return S3Store(f"{url}/{model_name}")
     raise StoreError(f"model_store {location.model_store!r}: an s3://bucket/prefix, or empty "
-                     "for the models_dir directory (gs:// is not supported by the trainer)")
+                     "for the models_dir directory (TF Serving reads gs:// too, but headbits "
+                     "publishes and lists versions in s3:// buckets only)")

@@ -151,15 +151,32 @@ class S3Store(ModelStore):
                 self._upload(Path(staging) / name, self._key(temporary, name))
             for name in files:  # saved_model.pb last (module docstring)
                 target = self._key(str(version), name)
+                # One CopyObject per file (objects up to 5 GB; a version is a few MB).
                 self._call(f"copying {name}", "copy_object", Bucket=self.bucket, Key=target,
                            CopySource={"Bucket": self.bucket, "Key": self._key(temporary, name)})
                 copied.append(target)
-        except BaseException:
-            self._delete(copied)
+        except BaseException as error:
+            self._clean_up(version, copied, temporary, error)
             raise
-        finally:
-            self._delete(self._keys(self._key(temporary) + "/"))
+        self._clean_up(version, [], temporary, None)
         return self.location(version)
+
+    def _clean_up(self, version: int, copied: list[str], temporary: str,
+                  error: BaseException | None) -> None:
+        """Delete what a publish copied into place (after a failure) and its temporary prefix.
+
+        After a failure, a cleanup that fails too (the store became unreachable) is added to the
+        first error as a note naming what to delete, rather than hiding it.
+        """
+        try:
+            self._delete(copied)
+            self._delete(self._keys(self._key(temporary) + "/"))
+        except StoreError as cleanup:
+            if error is None:
+                raise
+            left = f" and {self.location(version)}/" if copied else ""
+            error.add_note(f"cleaning up failed too ({cleanup}): delete "
+                           f"{self.base_path}/{temporary}/{left}")
 
     def _upload(self, path: Path, key: str) -> None:
         from boto3.exceptions import S3UploadFailedError
