@@ -918,12 +918,17 @@ def test_object_store_models_are_read_by_tf_serving_itself(helm: Helm) -> None:
     config = named(manifests, "ConfigMap", f"{RELEASE}-headbits-tfserving")["data"]
     assert 'base_path: "s3://detections/headbits/headbits"' in config["models.config"]
 
-    gcs = [*store[:2], "--set", "models.objectStore.basePath=gs://detections/headbits",
-           *store[4:-2]]
-    result = template(helm, *gcs)  # the trainer publishes to s3:// only
-    assert result.returncode != 0
-    assert "the trainer publishes to s3:// buckets" in result.stderr, result.stderr
-    assert template(helm, *gcs, "--set", "trainer.enabled=false").returncode == 0
+    assert not of_kind(manifests, "CronJob")
+
+    gcs = render(helm, *store[:2], "--set", "models.objectStore.basePath=gs://detections/headbits",
+                 *store[4:-2])  # the trainer publishes to GCS too
+    validate_strictly(gcs)
+    ((_, trainer),) = headbits_containers(of_kind(gcs, "CronJob"))
+    env = env_of(trainer)
+    assert env["HEADBITS_MODEL_STORE"] == "gs://detections/headbits"
+    config = named(gcs, "ConfigMap", f"{RELEASE}-headbits-tfserving")["data"]
+    assert f'base_path: "{env["HEADBITS_SERVING_BASE_PATH"]}"' in config["models.config"]
+    assert env["HEADBITS_SERVING_BASE_PATH"] == "gs://detections/headbits/headbits"
 
 
 def test_the_trainer_publishes_to_the_s3_bucket_tf_serving_reads(helm: Helm) -> None:

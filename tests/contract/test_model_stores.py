@@ -1,11 +1,12 @@
 """The `ModelStore` contract (common/model_store/base.py), run against every implementation.
 
-A directory (the volume TF Serving replicas mount) and an S3 bucket, the latter on the stand-in
-for S3 (moto's standalone server, which speaks S3's REST protocol, with credentials enforced;
-services/devtools/s3_standin.py), configured from TF Serving's own environment variables as in
-production. Both must list published versions with their metadata, hand them back, refuse to
-overwrite one, leave no integer-named version behind a failed publish, and take the next number
-from what TF Serving would see.
+A directory (the volume TF Serving replicas mount), an S3 bucket and a GCS bucket. The buckets
+live on stand-ins that speak the real protocols: moto's standalone server for S3, with
+credentials enforced (services/devtools/s3_standin.py), and gcp-storage-emulator for GCS's JSON
+API (services/devtools/gcs_standin.py). The production clients reach them configured from the
+environment, as in production. Every store must list the versions it published with their
+metadata, hand them back, refuse to overwrite one, and leave no integer-named version behind a
+failed publish. It takes the next number from what TF Serving would see.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import pytest
 
 from headbits.common.model_repository import METADATA_FILE, RepositoryLocation
 from headbits.common.model_store import ModelStore, StoreError, VolumeStore, open_store
+from headbits.common.model_store.bucket import BucketStore
+from headbits.common.model_store.gcs import GCSStore
 from headbits.common.model_store.s3 import S3Store, client_from_environment
+from headbits.devtools.gcs_standin import GCSStandin
 from headbits.devtools.s3_standin import S3Standin
 
 
@@ -78,7 +82,35 @@ def bucket(request, tmp_path: Path) -> Made:
     return Made(S3Store(f"s3://{name}/{prefix}"), children, plant)
 
 
-FACTORIES = {"volume": volume, "s3": bucket}
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[GCSStandin]:
+    standin = GCSStandin().start()
+    yield standin
+    standin.stop()
+
+
+def gcs_bucket(request, tmp_path: Path) -> Made:
+    standin = request.getfixturevalue("gcs")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    for name, value in standin.environment().items():
+        monkeypatch.setenv(name, value)
+    client = standin.client()
+    name = f"models-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(name)
+    prefix = "headbits-repository/headbits"
+
+    def children() -> set[str]:
+        listing = client.list_blobs(name, prefix=prefix + "/", delimiter="/")
+        found = {page_prefix for page in listing.pages for page_prefix in page.prefixes}
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in found}
+
+    def plant(key: str, content: bytes) -> None:
+        client.bucket(name).blob(f"{prefix}/{key}").upload_from_string(content)
+
+    return Made(GCSStore(f"gs://{name}/{prefix}"), children, plant)
+
+
+FACTORIES = {"volume": volume, "s3": bucket, "gcs": gcs_bucket}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -250,8 +282,42 @@ def test_model_store_chooses_the_implementation(tmp_path: Path, s3_environment) 
     assert local.base_path == str((tmp_path / "headbits").resolve())
     remote = open_store(RepositoryLocation(model_store="s3://detections/headbits/"), "hb")
     assert isinstance(remote, S3Store) and remote.base_path == "s3://detections/headbits/hb"
-    with pytest.raises(StoreError, match="in s3:// buckets only"):
+    with pytest.raises(StoreError, match="an s3:// or gs://bucket/prefix"):
+        open_store(RepositoryLocation(model_store="az://detections/headbits"), "hb")
+
+
+def test_gcs_without_credentials_says_where_they_come_from(monkeypatch, tmp_path: Path) -> None:
+    """The GCS stand-in checks no credentials; finding none is the client's own refusal."""
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    with pytest.raises(StoreError, match="GOOGLE_APPLICATION_CREDENTIALS") as error:
         open_store(RepositoryLocation(model_store="gs://detections/headbits"), "hb")
+    assert "no-key.json" in str(error.value)
+
+
+def test_a_gcs_publish_dropped_while_copying_into_place_leaves_no_version(
+    gcs: GCSStandin, monkeypatch, tmp_path: Path,
+) -> None:
+    for name, value in gcs.environment().items():
+        monkeypatch.setenv(name, value)
+    gcs.client().create_bucket("dropping")
+    store = GCSStore("gs://dropping/models/headbits")
+    copies = []
+
+    def dropping_copy(source: str, target: str) -> None:
+        copies.append(target)
+        if len(copies) == 3:
+            raise StoreError(f"copying {source}: the connection dropped")
+        GCSStore._copy(store, source, target)
+
+    monkeypatch.setattr(store, "_copy", dropping_copy)
+    staging = tmp_path / "export"
+    saved_model_tree(staging, 1)
+    with pytest.raises(StoreError, match="copying"):
+        store.publish(staging, 1)
+    assert [blob.name for blob in gcs.client().list_blobs("dropping")] == []
 
 
 @pytest.mark.slow
@@ -277,7 +343,7 @@ def test_a_trained_version_published_by_the_exporter_loads_after_fetch(
 
     settings = ModelSettings(models_dir=tmp_path / "models",
                              model_store=made.store.base_path.removesuffix("/headbits")
-                             if isinstance(made.store, S3Store) else "",
+                             if isinstance(made.store, BucketStore) else "",
                              config_file=tmp_path / "serving" / "models.config")
     repository = Repository(settings)
     assert repository.base_path == made.store.base_path

@@ -1,7 +1,8 @@
 """Where a model's versions live: `open_store` picks the implementation from `model_store`.
 
-base.py states the contract; volume.py (a directory) and s3.py (an S3 bucket) implement it, and
-tests/contract/test_model_stores.py runs both through the same tests.
+base.py states the contract; volume.py (a directory) implements it, and bucket.py for object
+stores on the primitives of s3.py (an S3 bucket) and gcs.py (a Google Cloud Storage bucket);
+tests/contract/test_model_stores.py runs all three through the same tests.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def open_store(location: RepositoryLocation, model_name: str) -> ModelStore:
         from headbits.common.model_store.s3 import S3Store
 
         return S3Store(f"{url}/{model_name}")
-    raise StoreError(f"model_store {location.model_store!r}: an s3://bucket/prefix, or empty "
-                     "for the models_dir directory (TF Serving reads gs:// too, but headbits "
-                     "publishes and lists versions in s3:// buckets only)")
+    if url.startswith("gs://"):
+        from headbits.common.model_store.gcs import GCSStore
+
+        return GCSStore(f"{url}/{model_name}")
+    raise StoreError(f"model_store {location.model_store!r}: an s3:// or gs://bucket/prefix, or "
+                     "empty for the models_dir directory")
