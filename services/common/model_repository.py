@@ -38,7 +38,8 @@ class RepositoryLocation:
     model_store: str = setting(
         "", "where versions are published and listed: empty, models_dir; s3://bucket/prefix, an "
             "S3 bucket (AWS, MinIO, Ceph RGW), configured by TF Serving's environment variables "
-            "S3_ENDPOINT, S3_USE_HTTPS, S3_VERIFY_SSL, AWS_REGION and the AWS credentials"
+            "S3_ENDPOINT, S3_USE_HTTPS, S3_VERIFY_SSL, AWS_REGION and the AWS credentials; "
+            "gs://bucket/prefix, a GCS bucket (Application Default Credentials)"
     )
 
 
@@ -86,7 +87,7 @@ class ModelVersion:
     """A version as a model store lists it (common/model_store): where it is, what it says."""
 
     version: int
-    location: str  # a directory or an s3:// URL
+    location: str  # a directory or a bucket URL (s3://, gs://)
     metadata: dict
 
 

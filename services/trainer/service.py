@@ -11,7 +11,7 @@ Analysts' verdicts (headbits.feedback.v1) label their connections: benign ones t
 analyst's protocol, malicious ones are left out (trainer/feedback.py); the window counts both.
 The most recent --holdout-fraction of the rows by connection time is held out; the rest trains a
 new version (validation split by sensor and hour), published to <models>/headbits/<version>/ or,
-with model_store, to an S3 bucket (common/model_store: never visible half-written).
+with model_store, to an S3 or GCS bucket (common/model_store: never visible half-written).
 Candidate and current `stable` are scored on the held-out rows; the figures and the gate's
 verdict go into the version's headbits.json. A candidate that passes gets the `canary` label
 (two-step write of TF Serving's model_config_file); the very first version, with no stable to

@@ -6,7 +6,7 @@ implementations (--generate), heads files written by `headbits generate` (--head
 corpus with its LABELS.tsv (--corpus) and the capstone's hex folders (--hex-folder).
 
 The new version is written to <models>/headbits/<version>/ (or published under model_store, an
-s3:// bucket) and is not served until `headbits model promote` moves a label to it.
+s3:// or gs:// bucket) and is not served until `headbits model promote` moves a label to it.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class TrainSettings(RepositoryLocation):
 @dataclass(frozen=True)
 class TrainedVersion:
     version: int
-    location: str  # where the store published it: a directory or an s3:// URL
+    location: str  # where the store published it: a directory or a bucket URL
     classes: tuple[str, ...]
     train_rows: int
     validation_rows: int

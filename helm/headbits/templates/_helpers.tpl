@@ -285,7 +285,7 @@ default; string values are templates; settings in secretSettings come from their
 
 {{/*
 TF Serving's environment for the object store (models.objectStore.env and .envFromSecret), which
-the trainer gets too: its S3 client reads the same variables. `env` items, then `envFrom`.
+the trainer gets too: its S3 or GCS client reads the same variables. `env` items only.
 */}}
 {{- define "headbits.objectStoreEnv" -}}
 {{- with .Values.models.objectStore.env }}

@@ -39,7 +39,7 @@ class StoreError(RepositoryError):
 class ModelStore(ABC):
     """One model's versions, wherever they are kept."""
 
-    #: The model's base path as TF Serving is given it (a directory or an s3:// URL).
+    #: The model's base path as TF Serving is given it (a directory or a bucket URL).
     base_path: str
 
     @abstractmethod
