@@ -918,8 +918,63 @@ def test_object_store_models_are_read_by_tf_serving_itself(helm: Helm) -> None:
     config = named(manifests, "ConfigMap", f"{RELEASE}-headbits-tfserving")["data"]
     assert 'base_path: "s3://detections/headbits/headbits"' in config["models.config"]
 
-    result = template(helm, *store[:-2])  # the trainer cannot write to a bucket
-    assert result.returncode != 0 and "trainer writes versions to a volume only" in result.stderr
+    assert not of_kind(manifests, "CronJob")
+
+    gcs = render(helm, *store[:2], "--set", "models.objectStore.basePath=gs://detections/headbits",
+                 *store[4:-2])  # the trainer publishes to GCS too
+    validate_strictly(gcs)
+    ((_, trainer),) = headbits_containers(of_kind(gcs, "CronJob"))
+    env = env_of(trainer)
+    assert env["HEADBITS_MODEL_STORE"] == "gs://detections/headbits"
+    config = named(gcs, "ConfigMap", f"{RELEASE}-headbits-tfserving")["data"]
+    assert f'base_path: "{env["HEADBITS_SERVING_BASE_PATH"]}"' in config["models.config"]
+    assert env["HEADBITS_SERVING_BASE_PATH"] == "gs://detections/headbits/headbits"
+
+
+def test_the_trainer_publishes_to_the_s3_bucket_tf_serving_reads(helm: Helm) -> None:
+    """No models volume: the trainer gets the bucket, TF Serving's environment for it and TF
+    Serving's config (the ConfigMap: labels are the chart's), and its settings open the very
+    base path the ConfigMap gives TF Serving."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+    from headbits.common.model_store import open_store
+
+    manifests = render(helm, "--set", "models.storage=objectStore",
+                       "--set", "models.objectStore.basePath=s3://detections/headbits",
+                       "--set", "models.objectStore.env.AWS_REGION=eu-west-1",
+                       "--set", "models.objectStore.env.S3_ENDPOINT=minio.storage:9000",
+                       "--set", "models.objectStore.envFromSecret=minio-keys",
+                       "--set", "tfserving.modelConfigSource=configMap",
+                       "--set", "tfserving.versionLabels.stable=3")
+    validate_strictly(manifests)
+    assert not of_kind(manifests, "PersistentVolumeClaim")
+    cronjob = of_kind(manifests, "CronJob")[0]
+    ((verb, trainer),) = headbits_containers([cronjob])
+    _, tfserving = tfserving_container(manifests)
+    store_env = [e for e in trainer["env"] if not e["name"].startswith("HEADBITS_")]
+    assert store_env == tfserving["env"] == [
+        {"name": "AWS_REGION", "value": "eu-west-1"},
+        {"name": "S3_ENDPOINT", "value": "minio.storage:9000"}]
+    assert trainer["envFrom"] == tfserving["envFrom"] == [{"secretRef": {"name": "minio-keys"}}]
+    trainer["env"] = [e for e in trainer["env"] if e not in store_env]
+    assert_env_is_settings(verb, trainer)
+    env = env_of(trainer)
+    assert "HEADBITS_MODELS_DIR" not in env
+    settings = load_settings(DISCOVERED["trainer"], environ=env)
+    assert settings.model_store == "s3://detections/headbits"
+    assert settings.label_versions is False
+
+    volumes = {v["name"]: v for v in pod_spec(cronjob)["volumes"]}
+    assert "models" not in volumes
+    mounts = {m["mountPath"]: m["name"] for m in trainer["volumeMounts"]}
+    config_dir, config_name = str(settings.config_file.parent), settings.config_file.name
+    config_map = volumes[mounts[config_dir]]["configMap"]["name"]
+    data = named(manifests, "ConfigMap", config_map)["data"]
+    (model,) = text_format.Parse(data[config_name], ModelServerConfig()).model_config_list.config
+    assert dict(model.version_labels) == {"stable": 3}
+    assert settings.serving_base_path == model.base_path
+    assert open_store(settings, settings.model_name).base_path == model.base_path
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -930,6 +985,10 @@ def test_object_store_models_are_read_by_tf_serving_itself(helm: Helm) -> None:
     ([*DEFAULTS, "--set", "rollout.action=promote",
       "--set", "tfserving.modelConfigSource=configMap"],
      "rollout.action moves labels in the models volume"),
+    (["--set", "models.storage=objectStore", "--set", "tfserving.modelConfigSource=configMap",
+      "--set", "models.objectStore.basePath=s3://detections/headbits",
+      "--set", "trainer.tensorboard.enabled=true"],
+     "trainer.tensorboard: the event files are written to the models volume"),
     ([*VALUE_SETS["strimzi-users"], "--set", "kafkaTls.caSecret=events-cluster-ca-cert"],
      "kafkaTls: set caSecret or caCertificate, not both"),
     ([*VALUE_SETS["strimzi-users"], "--set", "secretSettings.sasl_password.secretName=headbits",

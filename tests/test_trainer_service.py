@@ -334,3 +334,65 @@ def test_only_on_drift_trains_only_after_a_scorer_reported_drift(window_topic, t
     lines = log_lines(capsys.readouterr().err)
     assert the_line(lines, "drift reported: retraining")["slices"] == ["protocol/dns"]
     assert "fewer than min_rows" in the_line(lines, "failed")["error"]
+
+
+@pytest.mark.kafka
+def test_retrain_publishes_to_an_s3_bucket_and_compares_with_the_stable_its_config_names(
+    window_topic, tmp_path, monkeypatch, capsys, restore_logging
+):
+    """As the chart runs it with models.storage: objectStore and a ConfigMap config: versions go
+    to the bucket (moto's server, the stand-in for S3), the stable version compared with is the
+    one TF Serving's config labels (fetched from the bucket), and the trainer moves no label."""
+    from headbits.common.model_store.s3 import S3Store
+    from headbits.devtools.s3_standin import S3Standin
+    from tests.serving_models import write_config
+
+    standin = S3Standin().start()
+    try:
+        standin.client().create_bucket(Bucket="detections")
+        for name, value in standin.environment().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        base_path = "s3://detections/headbits/headbits"
+        config = write_config(tmp_path / "tfserving" / "models.config", base_path, [], {})
+        env = {
+            **window_topic.env,
+            "HEADBITS_MODEL_STORE": "s3://detections/headbits",
+            "HEADBITS_MODELS_DIR": str(tmp_path / "no-volume"),
+            "HEADBITS_CONFIG_FILE": str(config),
+            "HEADBITS_LABEL_VERSIONS": "false",
+            "HEADBITS_N": "16", "HEADBITS_MAX_EPOCHS": "5", "HEADBITS_MIN_CLASS_ROWS": "10",
+            "HEADBITS_MIN_ROWS": "100", "HEADBITS_VALIDATION_FOLDS": "3",
+            "HEADBITS_MAX_MACRO_F1_DROP": "1", "HEADBITS_MAX_FPR_INCREASE": "1",
+            "HEADBITS_MAX_FALSE_POSITIVE_RATE": "1", "HEADBITS_MIN_MACRO_F1": "0",
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        store = S3Store(base_path)
+
+        assert main(["trainer"]) == 0
+        published = the_line(log_lines(capsys.readouterr().err), "published")
+        assert (published["version"], published["labels"]) == (1, [])
+        assert published["location"] == f"{base_path}/1"
+        assert store.version_names() == [1]
+        assert store.read_metadata(1)["evaluation"]["stable"] is None
+        assert not (tmp_path / "no-volume").exists(), "the trainer wrote to models_dir"
+
+        config = write_config(config, base_path, [1], {"stable": 1})  # `helm upgrade`
+        before = config.read_bytes()
+        assert main(["trainer"]) == 0
+        published = the_line(log_lines(capsys.readouterr().err), "published")
+        assert (published["version"], published["labels"]) == (2, [])
+        second = store.read_metadata(2)
+        assert second["evaluation"]["stable"]["version"] == 1
+        assert second["evaluation"]["stable"]["metrics"][MACRO_F1] == pytest.approx(
+            store.read_metadata(1)["metrics"][MACRO_F1]), "stable was not scored as at its run"
+        assert config.read_bytes() == before, "the trainer moved a label of the chart's config"
+        assert not read_state(config).labels
+
+        assert main(["trainer", "--promote-stable"]) == 1
+        assert "label_versions is false" in the_line(
+            log_lines(capsys.readouterr().err), "failed")["error"]
+    finally:
+        standin.stop()

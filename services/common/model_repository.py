@@ -7,9 +7,10 @@ progress (a non-integer temporary directory) is never served. Which version each
 is loaded and how labels got there is the rollout state, a small JSON file beside TF Serving's
 `model_config_file` (`<config>.labels.json`).
 
-Everything that reads or writes this layout (the in-process backend, the trainer's export and
-rollout, `headbits model`, the TF Serving stand-in) uses these functions, so there is one
-definition of what a version is.
+The layout is the same in a directory and in an object store; common/model_store publishes and
+lists versions in either. Everything that reads or writes this layout (the in-process backend,
+the trainer's export and rollout, `headbits model`, the TF Serving stand-in) uses these
+functions, so there is one definition of what a version is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ class RepositoryLocation:
     """Where the repository is: shared by every settings class that reads or writes it."""
 
     models_dir: Path = setting(Path("models"), "model repository base directory")
+    model_store: str = setting(
+        "", "where versions are published and listed: empty, models_dir; s3://bucket/prefix, an "
+            "S3 bucket (AWS, MinIO, Ceph RGW), configured by TF Serving's environment variables "
+            "S3_ENDPOINT, S3_USE_HTTPS, S3_VERIFY_SSL, AWS_REGION and the AWS credentials; "
+            "gs://bucket/prefix, a GCS bucket (Application Default Credentials)"
+    )
 
 
 class RepositoryError(RuntimeError):
@@ -77,22 +84,11 @@ def read_metadata(version_dir: Path) -> dict:
 
 @dataclass(frozen=True)
 class ModelVersion:
+    """A version as a model store lists it (common/model_store): where it is, what it says."""
+
     version: int
-    path: Path
+    location: str  # a directory or a bucket URL (s3://, gs://)
     metadata: dict
-
-
-def list_versions(models_dir: Path, model_name: str = MODEL_NAME) -> list[ModelVersion]:
-    """The versions TF Serving would see, oldest first, each with its headbits.json (or the
-    reason it cannot be read, under "error")."""
-    versions = []
-    for version, path in sorted(version_dirs(Path(models_dir) / model_name).items()):
-        try:
-            metadata = read_metadata(path)
-        except (OSError, ValueError) as error:
-            metadata = {"error": str(error)}
-        versions.append(ModelVersion(version, path, metadata))
-    return versions
 
 
 @dataclass
@@ -183,3 +179,14 @@ def read_model_server_config(path: Path):
     except (OSError, text_format.ParseError) as error:
         raise RepositoryError(f"{path}: {error}") from error
     return config
+
+
+def config_labels(config_file: Path, model_name: str) -> dict[str, int]:
+    """The version labels a model_config_file gives `model_name` ({} without the file): the
+    labels where something other than `headbits model` writes the config (a ConfigMap)."""
+    if not Path(config_file).exists():
+        return {}
+    for model in read_model_server_config(config_file).model_config_list.config:
+        if model.name == model_name:
+            return dict(model.version_labels)
+    return {}

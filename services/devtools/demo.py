@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                                    seed=settings.seed)
     version = train_and_export(dataset.from_heads(training, "generated"), train_settings,
                                ["generated"])
-    print(f"exported {version.version_dir}: classes {', '.join(version.classes)}")
+    print(f"exported {version.location}: classes {', '.join(version.classes)}")
 
     step(3, "generating the traffic to replay (normal sessions and anomalies)")
     normal = generate(sessions_per_protocol=settings.live_sessions, seed=settings.seed + 1)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     live_file = out / "replayed-heads.avro"
     write_heads_file(live_file, live)
 
-    rows = score_live(settings, version.version_dir, live, live_file)
+    rows = score_live(settings, Path(version.location), live, live_file)
     rows.sort(key=lambda row: row["score"] / max(row["threshold"], 1e-12), reverse=True)
 
     step(5, "alerts and report")

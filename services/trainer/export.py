@@ -2,23 +2,22 @@
 
 The SavedModel's `serving_default` signature is the contract in `scorer/backend.py`; its
 `assets.extra/headbits.json` says what the version is (N, classes, thresholds, data, metrics).
-A version appears atomically: it is written to a temporary directory beside the versions, whose
-name is not an integer so TF Serving ignores it, and renamed into place only when complete.
+The version is written into the store's local staging directory and then published by the store
+(common/model_store), which makes it appear only when complete: a rename on a volume, an upload
+under a temporary name and then a copy, `saved_model.pb` last, in a bucket.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 from pathlib import Path
 
 import tensorflow as tf
 
-from headbits.common.model_repository import METADATA_FILE, MODEL_NAME, model_versions
+from headbits.common.model_repository import METADATA_FILE, MODEL_NAME
+from headbits.common.model_store import ModelStore, VolumeStore
 from headbits.scorer.backend import SIGNATURE_NAME
 from headbits.trainer.model import TrainedModel
 
@@ -29,35 +28,35 @@ def export_model(
     version: int | None = None,
     metadata: dict | None = None,
 ) -> Path:
-    """Export `trained` as `<base_dir>/headbits/<version>/` and return that directory.
+    """Export `trained` as `<base_dir>/headbits/<version>/` and return that directory."""
+    store = VolumeStore(Path(base_dir) / MODEL_NAME)
+    return Path(publish_model(trained, store, version, metadata))
 
-    `version` defaults to one more than the highest existing version. `metadata` (e.g.
+
+def publish_model(
+    trained: TrainedModel,
+    store: ModelStore,
+    version: int | None = None,
+    metadata: dict | None = None,
+) -> str:
+    """Publish `trained` as a version in `store` and return where it is.
+
+    `version` defaults to one more than the highest version the store lists. `metadata` (e.g.
     `{"training": {...window, sizes...}, "metrics": {...}}`) is stored in headbits.json next to
     what the model knows about itself; its keys must not collide with those.
     """
-    model_dir = Path(base_dir) / MODEL_NAME
-    model_dir.mkdir(parents=True, exist_ok=True)
     if version is None:
-        version = max(model_versions(base_dir), default=0) + 1
+        version = store.next_version()
     if version < 1:
         raise ValueError(f"model versions are positive integers, not {version}")
-    version_dir = model_dir / str(version)
-    if version_dir.exists():
-        raise FileExistsError(f"{version_dir} already exists: versions are never overwritten")
     document = describe(trained, version, metadata or {})
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
-    try:
+    with store.staging(version) as staging:
         tf.saved_model.save(trained.graph, str(staging),
                             signatures={SIGNATURE_NAME: trained.graph.serve})
         (staging / METADATA_FILE).parent.mkdir(exist_ok=True)
         (staging / METADATA_FILE).write_text(json.dumps(document, indent=2) + "\n",
                                              encoding="utf-8")
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the model server may be another user
-        os.rename(staging, version_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return version_dir
+        return store.publish(staging, version)
 
 
 def describe(trained: TrainedModel, version: int, extra: dict) -> dict:

@@ -1,9 +1,11 @@
 """List model versions, write TF Serving's model_config_file, promote and roll back labels.
 
 The repository is TF Serving's layout: <models>/headbits/<version>/ holds a SavedModel and
-assets.extra/headbits.json (N, classes, metrics). Scorers ask for a version *label* (`stable`,
-`canary`); this command owns which version each label names, in the model_config_file TF Serving
-reads (model_config_list, a `specific` version policy, version_labels).
+assets.extra/headbits.json (N, classes, metrics), in models_dir or in model_store's bucket
+(common/model_store); the config and state files are local files either way. Scorers ask for a
+version *label* (`stable`, `canary`); this command owns which version each label names, in the
+model_config_file TF Serving reads (model_config_list, a `specific` version policy,
+version_labels).
 
 TF Serving only lets a label name a version that is already loaded, so a promotion is two config
 writes: first the same labels with the new version added to the loaded set, then (once the server
@@ -37,12 +39,12 @@ from headbits.common.model_repository import (
     RepositoryError,
     RepositoryLocation,
     config_text,
-    list_versions,
     model_server_config,
     read_state,
     state_path,
     write_atomically,
 )
+from headbits.common.model_store import open_store
 from headbits.common.serving_tls import ServingTLS, TLSFiles, open_channel
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 
@@ -80,14 +82,15 @@ class Repository:
         self.settings = settings
         self.out = out or sys.stdout
         self.state = read_state(settings.config_file)
+        self.store = open_store(settings, settings.model_name)
 
     @property
     def base_path(self) -> str:
-        local = (self.settings.models_dir / self.settings.model_name).resolve()
-        return self.settings.serving_base_path or str(local)
+        return self.settings.serving_base_path or self.store.base_path
 
     def versions(self) -> list[ModelVersion]:
-        return list_versions(self.settings.models_dir, self.settings.model_name)
+        """The versions in the model store (models_dir, or model_store's bucket)."""
+        return self.store.list_versions()
 
     def write_config(self, versions: list[int], labels: dict[str, int]) -> None:
         config = model_server_config(self.settings.model_name, self.base_path, versions, labels)
@@ -115,8 +118,8 @@ class Repository:
             raise RepositoryError(f"label {label!r} must match [a-zA-Z0-9_]+ (TF Serving's rule)")
         if version not in {v.version for v in self.versions()}:
             raise RepositoryError(
-                f"no SavedModel at {self.settings.models_dir / self.settings.model_name}/"
-                f"{version}; `headbits model list` shows the versions there"
+                f"no SavedModel at {self.store.location(version)}; `headbits model list` shows "
+                "the versions there"
             )
         before = self.state.labels.get(label)
         if before == version:

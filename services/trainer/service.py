@@ -10,11 +10,14 @@ Undecodable records are counted and logged, not dead-lettered again (upstream di
 Analysts' verdicts (headbits.feedback.v1) label their connections: benign ones teach as the
 analyst's protocol, malicious ones are left out (trainer/feedback.py); the window counts both.
 The most recent --holdout-fraction of the rows by connection time is held out; the rest trains a
-new version (validation split by sensor and hour), written to <models>/headbits/<version>/.
+new version (validation split by sensor and hour), published to <models>/headbits/<version>/ or,
+with model_store, to an S3 or GCS bucket (common/model_store: never visible half-written).
 Candidate and current `stable` are scored on the held-out rows; the figures and the gate's
 verdict go into the version's headbits.json. A candidate that passes gets the `canary` label
 (two-step write of TF Serving's model_config_file); the very first version, with no stable to
-compare with, gets `stable` too (--first-version-stable). A rejected candidate stays on disk,
+compare with, gets `stable` too (--first-version-stable). A rejected candidate stays in the
+store, unlabelled. With --label-versions false (labels in a ConfigMap, moved by `helm upgrade`)
+the stable version is the one TF Serving's config labels and a passing candidate is published
 unlabelled.
 
   headbits trainer                     (retrain, gate, label canary)
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +52,7 @@ from headbits.common.kafka import (
     window_offsets,
 )
 from headbits.common.logs import LogLines, configure_logging, fields
-from headbits.common.model_repository import RepositoryError, read_state
+from headbits.common.model_repository import RepositoryError, config_labels
 from headbits.common.records import MAX_HEAD_BYTES
 from headbits.common.settings import (
     SettingsError,
@@ -109,6 +113,12 @@ class TrainerSettings(
         True, "label the first version (no stable to compare with) stable as well"
     )
     read_batch_size: int = setting(5000, "records fetched and decoded at once")
+    label_versions: bool = setting(
+        True, "move labels after publishing: canary to a candidate that passes the gate (and "
+              "stable to the first version) in config_file; false where labels are managed "
+              "elsewhere (the chart's tfserving.versionLabels in a ConfigMap): the stable "
+              "version compared with is the one config_file labels, and the candidate is "
+              "published unlabelled")
     only_on_drift: bool = setting(
         False, "train only if a scorer reported drift of the stable version in the window (the "
                "drift topic); otherwise log why not and exit 0, so a frequent CronJob retrains "
@@ -243,11 +253,20 @@ class Candidate:
         }
 
 
+def current_labels(settings: TrainerSettings, repository: Repository) -> dict[str, int]:
+    """The labels now: the rollout state's, or with label_versions off, the config's."""
+    if settings.label_versions:
+        return repository.state.labels
+    return config_labels(settings.config_file, settings.model_name)
+
+
 def retrain(settings: TrainerSettings, log: logging.Logger) -> int:
     from headbits.trainer.train import train_and_export
 
+    repository = Repository(subset(ModelSettings, settings), out=LogLines(log))
+    labels = current_labels(settings, repository)
     if settings.only_on_drift:
-        stable_version = read_state(settings.config_file).labels.get(STABLE)
+        stable_version = labels.get(STABLE)
         since = time.time() - settings.window_hours * 3600
         crossings = drift_crossings(settings, settings.drift_topic, stable_version, since)
         if not crossings:
@@ -267,12 +286,12 @@ def retrain(settings: TrainerSettings, log: logging.Logger) -> int:
     data = labelled_heads(window.records)
     held_out = most_recent([head.ts for head in data.heads], settings.holdout_fraction)
     training, holdout = data.where(~held_out), data.where(held_out)
-    repository = Repository(subset(ModelSettings, settings), out=LogLines(log))
     stable = None
-    stable_version = repository.state.labels.get(STABLE)
+    stable_version = labels.get(STABLE)
     if stable_version is not None:
-        version_dir = settings.models_dir / settings.model_name / str(stable_version)
-        stable = (stable_version, version_figures(version_dir, holdout, settings.baseline))
+        with tempfile.TemporaryDirectory(prefix="headbits-stable-") as scratch:
+            version_dir = repository.store.fetch(stable_version, Path(scratch))
+            stable = (stable_version, version_figures(version_dir, holdout, settings.baseline))
         log.info("stable evaluated", extra=fields(version=stable_version, **stable[1]))
     candidate = Candidate(settings, window, holdout, stable)
     log.info("training", extra=fields(rows=len(training), holdout_rows=len(holdout),
@@ -280,8 +299,8 @@ def retrain(settings: TrainerSettings, log: logging.Logger) -> int:
     started = time.monotonic()
     trained = train_and_export(training, subset(TrainSettings, settings),
                                [f"kafka:{settings.features_topic}"], progress=False,
-                               evaluate=candidate)
-    version = int(trained.version_dir.name)
+                               evaluate=candidate, store=repository.store)
+    version = trained.version
     log.info("trained", extra=fields(
         version=version, seconds=round(time.monotonic() - started, 1), classes=trained.classes,
         train_rows=trained.train_rows, validation_rows=trained.validation_rows,
@@ -289,7 +308,13 @@ def retrain(settings: TrainerSettings, log: logging.Logger) -> int:
     if candidate.failures:
         log.warning("candidate rejected", extra=fields(
             version=version, failing_metrics=failing_metrics(candidate.failures),
-            reasons=candidate.failures, labels=repository.state.labels))
+            reasons=candidate.failures, labels=labels))
+        return 0
+    if not settings.label_versions:
+        log.info("published", extra=fields(
+            version=version, location=trained.location, labels=[],
+            next_step=f"name it in the labels of {settings.config_file} (the chart: "
+                      f"tfserving.versionLabels.{settings.candidate_label})"))
         return 0
     repository.promote(version, settings.candidate_label)
     labels = [settings.candidate_label]
@@ -302,6 +327,9 @@ def retrain(settings: TrainerSettings, log: logging.Logger) -> int:
 
 
 def promote_stable(settings: TrainerSettings, log: logging.Logger) -> int:
+    if not settings.label_versions:
+        raise RepositoryError("label_versions is false: labels are managed where "
+                              f"{settings.config_file} comes from, not by the trainer")
     repository = Repository(subset(ModelSettings, settings), out=LogLines(log))
     canary = repository.state.labels.get(settings.candidate_label)
     if canary is None:

@@ -5,8 +5,8 @@ implementations (--generate), heads files written by `headbits generate` (--head
 (--captures, labelled by a Zeek conn.log beside each capture or the port map), the shared capture
 corpus with its LABELS.tsv (--corpus) and the capstone's hex folders (--hex-folder).
 
-The new version is written to <models>/headbits/<version>/ and is not served until
-`headbits model promote` moves a label to it.
+The new version is written to <models>/headbits/<version>/ (or published under model_store, an
+s3:// or gs:// bucket) and is not served until `headbits model promote` moves a label to it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from headbits.common.avro import read_heads_file
-from headbits.common.model_repository import MODEL_NAME, RepositoryLocation, model_versions
+from headbits.common.model_repository import MODEL_NAME, RepositoryError, RepositoryLocation
+from headbits.common.model_store import ModelStore, open_store
 from headbits.common.protocols import UNKNOWN
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 from headbits.trainer import dataset
@@ -56,7 +57,8 @@ class TrainSettings(RepositoryLocation):
 
 @dataclass(frozen=True)
 class TrainedVersion:
-    version_dir: Path
+    version: int
+    location: str  # where the store published it: a directory or a bucket URL
     classes: tuple[str, ...]
     train_rows: int
     validation_rows: int
@@ -210,14 +212,17 @@ def describe(data: LabelledHeads) -> dict:
 
 def train_and_export(
     data: LabelledHeads, settings: TrainSettings, sources: list[str], progress: bool = True,
-    evaluate: Callable[[TrainedModel], dict] | None = None,
+    evaluate: Callable[[TrainedModel], dict] | None = None, store: ModelStore | None = None,
 ) -> TrainedVersion:
-    """Fit and export a version; `evaluate(trained)` returns more headbits.json entries (e.g.
-    held-out metrics), computed before export so the version appears with them, atomically."""
-    from headbits.trainer.export import export_model
+    """Fit and publish a version in `store` (default: the settings' store of model headbits);
+    `evaluate(trained)` returns more headbits.json entries (e.g. held-out metrics), computed
+    before export so the version appears with them, atomically. The version number is the
+    store's next one, read before training."""
+    from headbits.trainer.export import publish_model
 
     started = time.time()
-    version = max(model_versions(settings.models_dir), default=0) + 1
+    store = store or open_store(settings, MODEL_NAME)
+    version = store.next_version()
     log_dir = None
     if settings.tensorboard_dir is not None:
         log_dir = settings.tensorboard_dir / f"{MODEL_NAME}-v{version}"
@@ -234,8 +239,8 @@ def train_and_export(
     }
     if evaluate is not None:
         metadata.update(evaluate(trained))
-    version_dir = export_model(trained, settings.models_dir, version=version, metadata=metadata)
-    return TrainedVersion(version_dir, tuple(trained.classes), len(train_rows),
+    location = publish_model(trained, store, version=version, metadata=metadata)
+    return TrainedVersion(version, location, tuple(trained.classes), len(train_rows),
                           len(validation_rows))
 
 
@@ -258,9 +263,9 @@ def run(args: argparse.Namespace) -> int:
                if getattr(args, name)]
     try:
         version = train_and_export(data, settings, sources)
-    except ValueError as error:
+    except (ValueError, RepositoryError) as error:
         print(f"headbits train: {error}", file=sys.stderr)
         return 1
-    print(f"exported {version.version_dir} (classes: {', '.join(version.classes)}; "
+    print(f"exported {version.location} (classes: {', '.join(version.classes)}; "
           f"{version.train_rows} training rows, {version.validation_rows} validation rows)")
     return 0

@@ -105,17 +105,22 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
-{{/*
-The `headbits model` settings of the trainer and the rollout Job: the repository on the models
-volume, TF Serving's model name and base path, and the server to wait on during a promotion.
-*/}}
 {{/* Where training runs write their TensorBoard event files: a folder of the models volume. */}}
 {{- define "headbits.tensorboardDir" -}}
 {{- printf "%s/%s" .Values.models.mountPath .Values.trainer.tensorboard.subPath }}
 {{- end }}
 
+{{/*
+The `headbits model` settings of the trainer and the rollout Job: the repository (the models
+volume, or the object store's base path), TF Serving's model name and base path, and the server to
+wait on during a promotion.
+*/}}
 {{- define "headbits.modelSettings" -}}
+{{- if eq .Values.models.storage "objectStore" }}
+model_store: {{ .Values.models.objectStore.basePath | quote }}
+{{- else }}
 models_dir: {{ .Values.models.mountPath | quote }}
+{{- end }}
 config_file: {{ printf "%s/%s" .Values.models.mountPath .Values.tfserving.modelConfigFile | quote }}
 model_name: {{ .Values.tfserving.modelName | quote }}
 serving_base_path: {{ include "headbits.modelBasePath" . | quote }}
@@ -274,6 +279,19 @@ default; string values are templates; settings in secretSettings come from their
     secretKeyRef:
       name: {{ $ref.secretName }}
       key: {{ $ref.key }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+TF Serving's environment for the object store (models.objectStore.env and .envFromSecret), which
+the trainer gets too: its S3 or GCS client reads the same variables. `env` items only.
+*/}}
+{{- define "headbits.objectStoreEnv" -}}
+{{- with .Values.models.objectStore.env }}
+{{- range $name := keys . | sortAlpha }}
+- name: {{ $name }}
+  value: {{ get $.Values.models.objectStore.env $name | toString | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
