@@ -10,11 +10,11 @@ Production points `model_store` at a real gs:// bucket.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
+
+from headbits.devtools.loopback_server import free_port, start_listening, stop_process
 
 PROJECT = "headbits-tests"
 
@@ -34,24 +34,12 @@ class GCSStandin:
         return {"STORAGE_EMULATOR_HOST": self.url, "GOOGLE_CLOUD_PROJECT": PROJECT}
 
     def start(self, timeout: float = 30.0) -> GCSStandin:
-        with socket.socket() as probe:
-            probe.bind((self.host, 0))
-            self.port = probe.getsockname()[1]
-        self._process = subprocess.Popen(
+        self.port = free_port(self.host)
+        self._process = start_listening(
             [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", self.host,
              "--port", str(self.port), "--in-memory"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection((self.host, self.port), 0.5).close()
-                return self
-            except OSError as error:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the GCS emulator did not listen on {self.url}") \
-                        from error
-                time.sleep(0.1)
+            self.host, self.port, "the GCS emulator", timeout)
+        return self
 
     def client(self):
         """A client of the emulator (for creating buckets in tests)."""
@@ -63,10 +51,5 @@ class GCSStandin:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None

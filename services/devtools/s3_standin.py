@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
+
+from headbits.devtools.loopback_server import free_port, start_listening, stop_process
 
 SETUP_REQUESTS = 3  # create_user, create_access_key, put_user_policy
 REGION = "us-east-1"
@@ -46,24 +46,11 @@ class S3Standin:
                 "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
 
     def start(self, timeout: float = 30.0) -> S3Standin:
-        with socket.socket() as probe:
-            probe.bind((self.host, 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port(self.host)
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_REQUESTS)}
-        self._process = subprocess.Popen(
+        self._process = start_listening(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection((self.host, self.port), 0.5).close()
-                break
-            except OSError as error:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"moto's server did not listen on {self.endpoint}") from error
-                time.sleep(0.1)
+            self.host, self.port, "moto's server", timeout, env)
         self._create_user()
         return self
 
@@ -89,10 +76,5 @@ class S3Standin:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None
