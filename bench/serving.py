@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from headbits.devtools.jvm import free_port
+from headbits.devtools.loopback_server import free_port
 from headbits.featurizer.bits import HeadBatch, pack_heads, unpack_bits
 
 BATCH_SIZES = (64, 256, 1024, 4096, 8192)

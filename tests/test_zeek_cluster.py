@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 from headbits.collector.sources.websocket import WebSocketSource
+from headbits.devtools.loopback_server import free_port
 from tests.zeek_support import (
     HOLD_SCRIPT,
     PACKAGE_SCRIPTS,
     PROJECT_ROOT,
     Zeek,
     dump_heads,
-    free_port,
     require_zeek,
     wait_listening,
     wait_subscribed,

@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from headbits.collector.sources.websocket import WebSocketSource
 from headbits.devtools.harness import ServiceProcess, Topics, read_topic
+from headbits.devtools.loopback_server import free_port
 from tests.zeek_support import (
     Control,
     dump_heads,
-    free_port,
     held_zeek,
     require_zeek,
     wait_subscribed,

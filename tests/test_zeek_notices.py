@@ -11,8 +11,9 @@ import signal
 import time
 from pathlib import Path
 
+from headbits.devtools.loopback_server import free_port
 from headbits.scorer.zeek_notices import ZeekAlertPublisher
-from tests.zeek_support import free_port, require_zeek, wait_listening
+from tests.zeek_support import require_zeek, wait_listening
 
 
 def alert(uid: str, reason: str) -> dict:

@@ -99,12 +99,6 @@ def require_zeek() -> Zeek:
     return Zeek(home)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_listening(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
     """Return once something accepts TCP connections on loopback `port`."""
     deadline = time.monotonic() + timeout

@@ -47,7 +47,7 @@ from headbits.common.kafka import KafkaSettings, Producer
 from headbits.common.records import PayloadHead
 from headbits.devtools import kafka_broker
 from headbits.devtools.harness import ServiceProcess, Topics
-from headbits.devtools.jvm import free_port
+from headbits.devtools.loopback_server import free_port
 
 LAG_RECOVERED = 1000
 SERVICES = ("collector", "featurizer", "scorer")

@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,13 +19,6 @@ from pathlib import Path
 class DevToolError(RuntimeError):
     """A development server could not be fetched, built, started or reached; the message says
     why."""
-
-
-def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def find_java(needed_by: str, error: type[DevToolError] = DevToolError) -> str:

@@ -34,10 +34,10 @@ from headbits.devtools.jvm import (
     DevToolError,
     JavaServer,
     find_java,
-    free_port,
     maven,
     reap,
 )
+from headbits.devtools.loopback_server import free_port
 
 KAFKA_VERSION = "4.4.0"
 SCALA_VERSION = "2.13"

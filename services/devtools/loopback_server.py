@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 
 
-def free_port(host: str) -> int:
-    """A port nothing listens on now (the child binds it a moment later)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (a child binds it a moment later)."""
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]

@@ -43,9 +43,9 @@ from headbits.devtools.jvm import (
     DevToolError,
     JavaServer,
     find_java,
-    free_port,
     maven,
 )
+from headbits.devtools.loopback_server import free_port
 
 APICURIO_VERSION = "2.4.2.Final"
 QUARKUS_VERSION = "2.16.4.Final"  # what Apicurio's parent pom of that release builds with
