@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from headbits.common.avro import DecodeError, load_schema
 from headbits.common.columnar import (
+    RowDecoder,
     batch_schema,
     decode_table,
     encode_batches,
@@ -85,6 +86,22 @@ def test_a_null_is_a_bad_row_and_the_rest_of_the_batch_decodes():
     assert decoded.rejected == [(2, "field 'uid' is null")]
     assert decoded.rows.tolist() == [0, 1, 3, 4]
     assert decoded.table.column("uid").to_pylist() == [u for u in uids if u is not None]
+
+
+def test_a_row_decoder_reads_one_field_of_either_format_as_its_rows_do():
+    table = objects_table("payload_head", make_heads(5))
+    nullable = pa.schema([field.with_nullable(True) for field in table.schema])
+    uids = table.column("uid").to_pylist()
+    uids[1] = None
+    broken = table.cast(nullable).set_column(0, pa.field("uid", pa.string()), pa.array(uids))
+    decoder = RowDecoder("payload_head", "t.heads")
+    batch, headers = encode_table(broken), batch_schema("payload_head").headers
+    assert decoder.column(batch, headers, "uid") == [r["uid"] for r in decoder.rows(batch, headers)]
+    assert decoder.column(batch, headers, "orig_p") == [r["orig_p"] for r in
+                                                       decoder.rows(batch, headers)]
+    assert decoder.bad_rows == 4, "the null row is counted by each of the four reads"
+    record = decoder.records.encode(make_heads(1)[0].to_dict())
+    assert decoder.column(record, decoder.records.headers, "uid") == [make_heads(1)[0].uid]
 
 
 def test_a_column_added_later_takes_its_default_in_older_batches():
