@@ -43,3 +43,11 @@ def test_real_captures_are_among_the_pcap_seeds() -> None:
     from headbits.devtools.fuzzing import SEED_CAPTURES, capture_seeds
 
     assert len(capture_seeds(CORPUS)) == len(capture_seeds(None)) + len(SEED_CAPTURES)
+
+
+def test_broker_values_are_fuzzed_where_the_bindings_are() -> None:
+    from headbits.devtools.fuzzing import broker_available
+
+    if not broker_available():
+        pytest.skip("Broker's Python bindings are not importable (scripts/link-broker.sh)")
+    assert "broker_value" in DECODERS

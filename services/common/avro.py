@@ -164,7 +164,13 @@ class ValueCodec:
 
 
     def _writer_schema(self, schema_id: int) -> dict:
-        """The parsed schema a framed value was written with (parsed once per id)."""
+        """The parsed schema a framed value was written with (parsed once per id).
+
+        A registry that cannot answer (5xx, unreachable) raises SchemaRegistryError: an outage,
+        not bad input. Every answer that does not give a usable Avro schema for the id (unknown
+        id, another schema type, a body or schema that does not parse) is a DecodeError, so the
+        value is dead-lettered with the reason instead of stopping the service.
+        """
         if schema_id not in self._writers:
             try:
                 registered = self._registry.get_schema(schema_id)
@@ -172,9 +178,18 @@ class ValueCodec:
                 if _is_unknown_schema(error):
                     raise DecodeError(f"schema id {schema_id} is not in the registry") from error
                 raise
+            except (ValueError, TypeError, KeyError, AttributeError) as error:
+                # The client's parsing of a 200 answer that is not a registry response.
+                raise DecodeError(f"schema id {schema_id}: the registry's answer is not a "
+                                  f"schema ({type(error).__name__}: {error})") from error
             if registered.schema_type not in (None, "AVRO"):
                 raise DecodeError(f"schema id {schema_id} is {registered.schema_type}, not Avro")
-            self._writers[schema_id] = fastavro.parse_schema(json.loads(registered.schema_str))
+            try:
+                parsed = fastavro.parse_schema(json.loads(registered.schema_str))
+            except Exception as error:  # json and fastavro raise many kinds on a bad schema
+                raise DecodeError(f"schema id {schema_id}: the registry's schema is not valid "
+                                  f"Avro ({type(error).__name__}: {error})") from error
+            self._writers[schema_id] = parsed
         return self._writers[schema_id]
 
 

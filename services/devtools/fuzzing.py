@@ -11,6 +11,7 @@ dead letter (raw bytes + reason) is encoded with the dead-letter schema.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import socket
@@ -243,6 +244,103 @@ def _websocket_message(message: bytes) -> str:
     return ACCEPTED
 
 
+# -- Broker values (the native source) ----------------------------------------------------------
+
+def _typed(kind: str, data: Any) -> dict:
+    return {"@data-type": kind, "data": data}
+
+
+_broker_hashable = st.one_of(
+    st.just(_typed("none", {})), st.booleans().map(lambda v: _typed("boolean", v)),
+    st.integers(-(2**63), 2**63 - 1).map(lambda v: _typed("integer", v)),
+    st.floats(allow_nan=False).map(lambda v: _typed("real", v)),
+    st.text(max_size=30).map(lambda v: _typed("string", v)),
+    st.from_regex(r"[a-z][a-z_:]{0,12}", fullmatch=True).map(lambda v: _typed("enum-value", v)),
+    st.ip_addresses().map(lambda v: _typed("address", str(v))),
+    st.ip_addresses(v=4).map(lambda v: _typed("subnet", f"{v}/24")),
+    st.tuples(st.integers(0, 65535), st.sampled_from(("tcp", "udp", "icmp", "?"))).map(
+        lambda v: _typed("port", f"{v[0]}/{v[1]}")),
+    st.integers(-(10**15), 10**15).map(lambda v: _typed("timespan", f"{v}ns")),
+    st.integers(0, 4 * 10**9).map(lambda v: _typed("timestamp", datetime.datetime.fromtimestamp(
+        v, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000"))),
+)
+_broker_scalar = _broker_hashable | st.integers(0, 2**64 - 1).map(lambda v: _typed("count", v))
+# Set members and table keys are built as Python set members and dict keys, the bindings'
+# input: the bindings' Count is unhashable and a list is too, so those hold neither.
+_broker_value = st.recursive(
+    _broker_scalar,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5).map(lambda v: _typed("vector", v)),
+        st.lists(_broker_hashable, max_size=4).map(lambda v: _typed("set", v)),
+        st.lists(st.tuples(_broker_hashable, children), max_size=3).map(
+            lambda v: _typed("table", [{"key": k, "value": x} for k, x in v])),
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def _mutated_event(draw: st.DrawFn) -> dict:
+    """The event a valid head makes, with one to three of its typed values (at any depth)
+    replaced by random Broker values."""
+    from headbits.collector.zeek_event import encode_event
+
+    event = encode_event(draw(_heads()))
+    slots: list[tuple[list, int]] = []
+
+    def walk(node: dict) -> None:
+        if node["@data-type"] == "vector":  # a set's members stay (they must stay hashable)
+            for index, child in enumerate(node["data"]):
+                slots.append((node["data"], index))
+                walk(child)
+
+    walk(event)
+    for _ in range(draw(st.integers(1, 3))):
+        container, index = draw(st.sampled_from(slots))
+        container[index] = draw(_broker_value)
+    return event
+
+
+def _broker_inputs() -> st.SearchStrategy[dict]:
+    from headbits.collector.zeek_event import encode_event
+
+    return st.one_of(_broker_value, _mutated_event(), _heads().map(encode_event))
+
+
+@functools.cache
+def _broker_converters() -> dict[int, Any]:
+    from headbits.collector.sources.broker import _converters, import_broker
+
+    return _converters(import_broker())
+
+
+def _broker_message(typed: dict) -> str:
+    """What the native Broker source does with one message: the value is built with the real
+    bindings (as Zeek's would arrive), converted and decoded by `decode_message`."""
+    from headbits.collector.sources.base import Rejected
+    from headbits.collector.sources.broker import decode_message, from_typed, import_broker
+
+    data = import_broker().Data(from_typed(typed))
+    item = decode_message("zeek/headbits/heads", data, _broker_converters(), "fuzz", "fuzz")
+    if isinstance(item, Rejected):
+        assert item.reason, "a rejection without a reason"
+        assert orjson.loads(item.raw)["type"] == "data-message", "raw is not the message"
+        return REJECTED
+    item.validate()
+    return ACCEPTED
+
+
+def broker_available() -> bool:
+    """Broker's Python bindings import (scripts/link-broker.sh links them into the venv)."""
+    from headbits.collector.sources.broker import BrokerUnavailableError, import_broker
+
+    try:
+        import_broker()
+    except BrokerUnavailableError:
+        return False
+    return True
+
+
 # -- Avro values of every topic ----------------------------------------------------------------
 
 @functools.cache
@@ -269,22 +367,116 @@ def _avro_values(schema: str) -> st.SearchStrategy:
     return st.tuples(values, headers)
 
 
+def _dead_letter_round_trip(value: bytes | None, error: DecodeError) -> None:
+    """A rejected value's dead letter (raw bytes + reason) encodes and decodes."""
+    assert str(error), "a DecodeError without a reason"
+    letter = {"reason": str(error), "value": value, "key": None, "source_topic": "fuzz",
+              "source_partition": 0, "source_offset": 0, "origin": "", "service": "fuzz",
+              "ts": 0.0}
+    _codec("deadletter").decode(_codec("deadletter").encode(letter), _codec("deadletter").headers)
+
+
 def _avro_decode(schema: str) -> Callable[[tuple[bytes, Any]], str]:
     def run(case: tuple[bytes, Any]) -> str:
         value, headers = case
         try:
             _codec(schema).decode(value, headers)
         except DecodeError as error:
-            assert str(error), "a DecodeError without a reason"
-            letter = {"reason": str(error), "value": value, "key": None, "source_topic": "fuzz",
-                      "source_partition": 0, "source_offset": 0, "origin": "", "service": "fuzz",
-                      "ts": 0.0}
-            _codec("deadletter").decode(_codec("deadletter").encode(letter),
-                                        _codec("deadletter").headers)
+            _dead_letter_round_trip(value, error)
             return REJECTED
         return ACCEPTED
 
     return run
+
+
+# -- Schema-registry answers (a framed value's writer schema) ------------------------------------
+
+class _HostileRegistry:
+    """A loopback HTTP server in the Confluent registry's URL layout whose answer to each
+    `GET /schemas/ids/<id>` is the fuzz case's (status, body); registration succeeds with id 1.
+    Development only: the real registry (tests/test_schema_registry.py) never answers garbage,
+    and the point here is what the client and ValueCodec make of an answer that is."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        answers = self.answers = {}
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                return
+
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._send(200, b'{"id": 1}')
+
+            def do_GET(self) -> None:
+                schema_id = self.path.split("?")[0].rsplit("/", 1)[-1]
+                self._send(*answers.get(int(schema_id) if schema_id.isdigit() else -1,
+                                        (404, b'{"error_code": 40403, "message": "none"}')))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, name="hostile-registry",
+                         daemon=True).start()
+        self.next_id = 100
+
+    @functools.cached_property
+    def codec(self) -> ValueCodec:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return ValueCodec("payload_head", "fuzz.registry", SchemaRegistryClient({"url": url}))
+
+
+_HEAD = PayloadHead("CfuzzRegistry1", 1.0, "zeek", "10.0.0.1", 40000, "10.0.0.2", 80, "tcp",
+                    ("http",), b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", 16, 17, False,
+                    False)
+
+
+@functools.cache
+def _hostile_registry() -> _HostileRegistry:
+    return _HostileRegistry()
+
+
+def _registry_answers() -> st.SearchStrategy[tuple[int, bytes]]:
+    """200 and 404 answers: valid, mutated, of another type, not JSON. A 5xx is an outage that
+    the services stop on (not bad input), so it is not among them."""
+    from fastavro.schema import to_parsing_canonical_form
+
+    canonical = to_parsing_canonical_form(load_schema("payload_head"))
+    schema_text = st.one_of(st.just(canonical), mutated(st.just(canonical.encode())).map(
+        lambda b: b.decode(errors="replace")), _json.map(lambda v: orjson.dumps(v).decode()))
+    document = st.fixed_dictionaries(
+        {"schema": schema_text | _json},
+        optional={"schemaType": st.sampled_from(("AVRO", "PROTOBUF", "JSON", "")) | _json})
+    body = st.one_of(document.map(orjson.dumps), mutated(document.map(orjson.dumps)),
+                     _json.map(orjson.dumps), st.binary(max_size=80))
+    return st.tuples(st.sampled_from((200, 200, 200, 404)), body)
+
+
+def _registry_decode(answer: tuple[int, bytes]) -> str:
+    """Decode a valid framed payload_head whose schema id the registry answers with `answer`
+    (a fresh id per case, so the client's cache never hides an answer)."""
+    registry = _hostile_registry()
+    codec = registry.codec
+    registry.next_id += 1
+    registry.answers[registry.next_id] = answer
+    record = codec.encode(_HEAD.to_dict())  # framed with id 1: the case's id replaces it
+    value = b"\x00" + registry.next_id.to_bytes(4, "big") + record[5:]
+    try:
+        codec.decode(value, None)
+    except DecodeError as error:
+        _dead_letter_round_trip(value, error)
+        return REJECTED
+    return ACCEPTED
 
 
 # -- .v2 Arrow batches of the batched topics ----------------------------------------------------
@@ -375,6 +567,10 @@ def decoders(corpus: Path | None = None) -> list[Decoder]:
         ), _websocket_message, dead_letters=True),
         Decoder("settings_file", _settings_documents, _settings_file),
     ]
+    result.append(Decoder("registry_answer", _registry_answers, _registry_decode,
+                          dead_letters=True))
+    if broker_available():
+        result.append(Decoder("broker_value", _broker_inputs, _broker_message, dead_letters=True))
     result += [Decoder(f"avro_{schema}", functools.partial(_avro_values, schema),
                        _avro_decode(schema), dead_letters=True) for schema in AVRO_SCHEMAS]
     result += [Decoder(f"batch_{schema}", functools.partial(_batch_values, schema),

@@ -135,16 +135,10 @@ class BrokerSource(Source):
 
     def _decode(self, topic: Any, data: Any) -> SourceItem:
         self.counts["messages"] += 1
-        typed = to_typed(data, self._converters)
-        try:
-            head = decode_event(typed, self.sensor)
-        except EventError as error:
-            self.counts["rejected"] += 1
-            raw = orjson.dumps({"type": "data-message", "topic": topic.string(), **typed})
-            origin = f"broker {self.host}:{self.port} message {self.counts['messages']}"
-            return Rejected(raw=raw, reason=str(error), origin=origin)
-        self.counts["heads"] += 1
-        return head
+        item = decode_message(topic.string(), data, self._converters, self.sensor,
+                              f"broker {self.host}:{self.port} message {self.counts['messages']}")
+        self.counts["rejected" if isinstance(item, Rejected) else "heads"] += 1
+        return item
 
     def _log_status(self) -> None:
         for status in self._status.poll():
@@ -213,6 +207,18 @@ def _converters(broker: Any) -> dict[int, Any]:
         ]),
     }
     return table
+
+
+def decode_message(topic: str, data: Any, converters: dict[int, Any], sensor: str,
+                   origin: str) -> SourceItem:
+    """One Broker message: its head, or the Rejected whose raw bytes are the message as JSON v1
+    (what a WebSocket subscriber would have received) and whose reason says what is wrong."""
+    typed = to_typed(data, converters)
+    try:
+        return decode_event(typed, sensor)
+    except EventError as error:
+        raw = orjson.dumps({"type": "data-message", "topic": topic, **typed})
+        return Rejected(raw=raw, reason=str(error), origin=origin)
 
 
 def to_typed(data: Any, converters: dict[int, Any]) -> dict:
