@@ -1,6 +1,7 @@
 """Fuzz every decoder that takes bytes from outside and count what happened.
 
 Usage: python bench/fuzz.py [--cases 10000] [--corpus ../shared/data/pcaps] [--seed N]
+                            [--decoders NAME ...]
 Each decoder of `headbits.devtools.fuzzing` gets `--cases` hypothesis-generated inputs; a crash
 (an exception outside the decoder's contract) is counted, not fatal, and the first few are
 printed. `dead_lettered` counts rejected inputs of decoders whose rejections become dead letters
@@ -23,13 +24,22 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--corpus", type=Path, default=Path("../shared/data/pcaps"))
     parser.add_argument("--seed", type=int, default=None, help="default: derandomized")
+    parser.add_argument("--decoders", nargs="+", default=None, metavar="NAME",
+                        help="only these (default: every decoder)")
     args = parser.parse_args()
     corpus = args.corpus if (args.corpus / "LABELS.tsv").is_file() else None
     if corpus is None:
         print(f"no capture corpus at {args.corpus}: pcap seeds are the crafted captures only")
     figures: dict[str, dict[str, int]] = {"cases": {}, "crashes": {}, "dead_lettered": {}}
     print(f"{'decoder':<22} {'cases':>7} {'accepted':>9} {'rejected':>9} {'crashes':>8} {'s':>6}")
-    for decoder in decoders(corpus):
+    chosen = decoders(corpus)
+    if args.decoders:
+        unknown = set(args.decoders) - {decoder.name for decoder in chosen}
+        if unknown:
+            parser.error(f"unknown decoders {sorted(unknown)}; known: "
+                         f"{sorted(decoder.name for decoder in chosen)}")
+        chosen = [decoder for decoder in chosen if decoder.name in args.decoders]
+    for decoder in chosen:
         started = time.monotonic()
         outcome = run_cases(decoder, args.cases, catch=True, seed=args.seed)
         seconds = time.monotonic() - started
