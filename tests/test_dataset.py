@@ -18,6 +18,17 @@ def test_group_fold_keeps_each_group_in_one_fold_and_is_reproducible():
     assert not np.array_equal(folds, dataset.group_fold(groups, 3, seed=8))
 
 
+def test_every_fold_gets_a_group_where_there_are_enough_and_many_keep_their_hash_fold():
+    for hour in range(200):  # a window's groups are sensor@hour: the hour changes the hash
+        groups = [f"sensor-{i % 6}@{hour}" for i in range(60)]
+        assert set(dataset.group_fold(groups, 3, seed=1)) == {0, 1, 2}, hour
+    assert set(dataset.group_fold(["a", "b"], 3, seed=1)) <= {0, 1, 2}
+    many = [f"file{i}.pcap" for i in range(300)]
+    by_hash = dataset.group_fold(many, 3, seed=7)
+    # With every fold filled by the hash, adding a group moves no other group.
+    assert np.array_equal(dataset.group_fold([*many, "new.pcap"], 3, seed=7)[:-1], by_hash)
+
+
 def test_hex_folder_labels_by_file_name_and_reports_bad_lines(tmp_path):
     (tmp_path / "TLS").write_text("160301020001\n16030300\nzz00\n")
     (tmp_path / "443").write_text("1603\nabc\n\n")

@@ -124,6 +124,8 @@ class Observed:
     """What reached the output topics, by uid."""
 
     scored: Counter = field(default_factory=Counter)
+    # uid -> each alert's Avro value, decoded only where a uid has more than one to compare:
+    # an overload run holds millions (a decoded alert costs several times its bytes).
     alerts: defaultdict = field(default_factory=lambda: defaultdict(list))
     dead_letters: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
 
@@ -153,8 +155,8 @@ class OutputTail:
                     self.observed.scored.update(
                         self._scores.column(message.value(), message.headers(), "uid"))
                 elif kind == "alerts":
-                    self.observed.alerts[key].append(
-                        self._alerts.decode(message.value(), message.headers()))
+                    self._alerts.decode(message.value(), message.headers())  # one of ours
+                    self.observed.alerts[key].append(message.value())
                 else:
                     letter = self._letters.decode(message.value(), message.headers())
                     source_key = (letter["key"] or b"").decode(errors="replace")
@@ -381,9 +383,13 @@ def check_invariants(observed: Observed, uids: set[str], bad_keys: set[str],
     lost = {uid for uid in uids if uid not in observed.scored}
     if lost:
         violations.append(f"{len(lost)} uids never scored, e.g. {sorted(lost)[:5]}")
-    differing = [uid for uid, alerts in observed.alerts.items()
-                 if uid.startswith(prefix) and not all(same_alert(alerts[0], alert)
-                                                       for alert in alerts[1:])]
+    codec = ValueCodec("alert", "faults.alerts")
+    differing = []
+    for uid, values in observed.alerts.items():
+        if uid.startswith(prefix) and len(values) > 1:
+            first, *others = (codec.decode(value, codec.headers) for value in values)
+            if not all(same_alert(first, other) for other in others):
+                differing.append(uid)
     if differing:
         violations.append(f"{len(differing)} uids alerted with different content, e.g. "
                           f"{differing[:5]}")
