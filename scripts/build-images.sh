@@ -10,7 +10,8 @@
 #              BASE_IMAGE (a --build-arg: production pins debian:bookworm-slim@sha256:...),
 #              BUILD_CA_BUNDLE (the CA bundle pip trusts during the build; default: the host's
 #              system bundle, so a build behind an intercepting proxy trusts what the host
-#              trusts; empty: pip's own), BUILDAH_STORAGE_DRIVER (default: vfs).
+#              trusts; empty: pip's own), BUILDAH_STORAGE_DRIVER (default: vfs),
+#              MIN_FREE_GB (buildah: prune untagged layers first below this; default 40).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,16 @@ fi
 
 if command -v buildah >/dev/null 2>&1; then
     driver="${BUILDAH_STORAGE_DRIVER:-vfs}"
+    # vfs keeps a full copy of the file system for every layer, so each generation of the
+    # images leaves about 12 GB of untagged layers behind. Where less than MIN_FREE_GB (default
+    # 40) is free, those are removed first: the layer cache is lost, the disk is not filled.
+    storage="$(buildah --storage-driver "$driver" info --format '{{.store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage)"
+    mkdir -p "$storage"
+    free_gb=$(( $(df --output=avail -k "$storage" | tail -1) / 1048576 ))
+    if [ "$free_gb" -lt "${MIN_FREE_GB:-40}" ]; then
+        echo "build-images: ${free_gb} GB free under $storage: removing untagged image layers" >&2
+        buildah --storage-driver "$driver" rmi --prune >/dev/null
+    fi
     [ -n "${BASE_IMAGE:-}" ] || scripts/base-image.sh
     build() { buildah --storage-driver "$driver" bud --isolation chroot --layers $ca_args $build_args --target "$1" -t "$2" . >&2; }
     # The image's size: the sum of its (uncompressed) layers.
