@@ -76,12 +76,17 @@ def test_round_trip_and_strictness():
         decode_table("payload_head", encode_table(table.drop_columns(["uid"])))
 
 
-def test_a_null_is_a_bad_row_and_the_rest_of_the_batch_decodes():
-    table = objects_table("payload_head", make_heads(5))
+def with_null_uid(rows: int, row: int) -> tuple[pa.Table, list]:
+    """Heads as a table whose uid is null in `row`, and its uid column."""
+    table = objects_table("payload_head", make_heads(rows))
     nullable = pa.schema([field.with_nullable(True) for field in table.schema])
     uids = table.column("uid").to_pylist()
-    uids[2] = None
-    broken = table.cast(nullable).set_column(0, pa.field("uid", pa.string()), pa.array(uids))
+    uids[row] = None
+    return table.cast(nullable).set_column(0, pa.field("uid", pa.string()), pa.array(uids)), uids
+
+
+def test_a_null_is_a_bad_row_and_the_rest_of_the_batch_decodes():
+    broken, uids = with_null_uid(5, 2)
     decoded = decode_table("payload_head", encode_table(broken))
     assert decoded.rejected == [(2, "field 'uid' is null")]
     assert decoded.rows.tolist() == [0, 1, 3, 4]
@@ -89,11 +94,7 @@ def test_a_null_is_a_bad_row_and_the_rest_of_the_batch_decodes():
 
 
 def test_a_row_decoder_reads_one_field_of_either_format_as_its_rows_do():
-    table = objects_table("payload_head", make_heads(5))
-    nullable = pa.schema([field.with_nullable(True) for field in table.schema])
-    uids = table.column("uid").to_pylist()
-    uids[1] = None
-    broken = table.cast(nullable).set_column(0, pa.field("uid", pa.string()), pa.array(uids))
+    broken, _ = with_null_uid(5, 1)
     decoder = RowDecoder("payload_head", "t.heads")
     batch, headers = encode_table(broken), batch_schema("payload_head").headers
     assert decoder.column(batch, headers, "uid") == [r["uid"] for r in decoder.rows(batch, headers)]

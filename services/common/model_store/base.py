@@ -64,11 +64,16 @@ class ModelStore(ABC):
 
         Its name is not an integer, so were it beside the versions, TF Serving would ignore it.
         """
-        directory = Path(tempfile.mkdtemp(prefix=f".{version}.partial-"))
+        directory = Path(tempfile.mkdtemp(prefix=f".{version}.partial-",
+                                          dir=self._staging_parent()))
         try:
             yield directory
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+    def _staging_parent(self) -> Path | None:
+        """Where staging directories are made (None: the system's temporary directory)."""
+        return None
 
     def next_version(self) -> int:
         """One more than the highest integer-named child."""

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from headbits.common.model_repository import read_metadata, version_dirs
@@ -29,15 +26,10 @@ class VolumeStore(ModelStore):
     def read_metadata(self, version: int) -> dict:
         return read_metadata(self.model_dir / str(version))
 
-    @contextmanager
-    def staging(self, version: int) -> Iterator[Path]:
+    def _staging_parent(self) -> Path:
         """Beside the versions, so that `publish` is a rename."""
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        directory = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=self.model_dir))
-        try:
-            yield directory
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        return self.model_dir
 
     def publish(self, staging: Path, version: int) -> str:
         if version < 1:
