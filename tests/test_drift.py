@@ -60,11 +60,12 @@ def test_each_slice_keeps_its_own_last_rows_of_a_mixed_batch(rows, window):
     if rows:
         protocols, sensors, tail = zip(*rows, strict=True)
         monitor.observe(np.array(protocols, dtype=object), list(sensors), np.array(tail))
-    for (kind, key), ring in monitor._slices.items():
+    slices = [(drift.kind, drift.key) for drift in monitor.report()]
+    for kind, key in slices:
         column = 0 if kind == "protocol" else 1
         mine = [np.float32(row[2]) for row in rows if row[column] == key]
-        assert ring.values().tolist() == mine[-window:], "one batch: its last rows, in order"
-    assert {key for (_, key) in monitor._slices} == {r[0] for r in rows} | {r[1] for r in rows}
+        assert monitor.window(kind, key).tolist() == mine[-window:], "its last rows, in order"
+    assert {key for (_, key) in slices} == {r[0] for r in rows} | {r[1] for r in rows}
 
 
 def test_too_few_rows_never_cross():

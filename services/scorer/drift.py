@@ -106,6 +106,11 @@ class DriftMonitor:
                     ring = self._slices[(kind, key)] = Ring(self.window_rows)
                 ring.extend(grouped[start:end])
 
+    def window(self, kind: str, key: str) -> np.ndarray:
+        """One slice's last `window_rows` tail probabilities, oldest first (empty if unseen)."""
+        ring = self._slices.get((kind, key))
+        return ring.values() if ring is not None else np.empty(0, dtype=np.float32)
+
     def report(self) -> list[SliceDrift]:
         """Every slice's drift now, slices with too few rows marked as not crossed."""
         drifts = []
