@@ -6,6 +6,8 @@ records, the same rejections worded the same way, the same scores and verdicts.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -14,11 +16,13 @@ from hypothesis import strategies as st
 
 from headbits.common.avro import DecodeError, load_schema
 from headbits.common.columnar import (
+    MAX_MESSAGE_BYTES,
     RowDecoder,
     batch_schema,
     decode_table,
     encode_batches,
     encode_table,
+    encode_within,
     fixed_width,
     is_batch,
     objects_table,
@@ -120,6 +124,28 @@ def _score_columns(rows: int) -> dict:
             "model_name": ["m"] * rows, "model_version": [1] * rows,
             "predicted_protocol": ["http"] * rows, "predicted_probability": [0.9] * rows,
             "expected_protocol": ["http"] * rows, "alert": [False] * rows}
+
+
+@given(st.integers(1, 40), st.integers(300, 6000))
+@settings(max_examples=25, deadline=None)
+def test_wide_batches_are_split_within_the_byte_bound_in_order(rows, max_bytes):
+    table = objects_table("payload_head", make_heads(rows))
+    slices = list(encode_within(table, max_bytes))
+    assert [start for _, start, _ in slices] == [0, *[stop for _, _, stop in slices[:-1]]]
+    assert slices[-1][2] == rows, "the slices cover the table, in order"
+    for value, start, stop in slices:
+        assert len(value) <= max_bytes or stop - start == 1
+        decoded = decode_table("payload_head", value).table
+        assert decoded.column("uid").to_pylist() == table.column("uid")[start:stop].to_pylist()
+
+
+def test_a_collector_sized_batch_of_long_heads_fits_a_kafka_message():
+    heads = [dataclasses.replace(head, orig_head=bytes(range(256)) * 4, resp_head=b"\xff" * 1024)
+             for head in make_heads(2000)]
+    table = objects_table("payload_head", heads)
+    messages = list(encode_batches(table, table.column("sensor"), max_rows=2000))
+    assert len(messages) > 1 and all(len(value) <= MAX_MESSAGE_BYTES for _, value, _ in messages)
+    assert sum(rows for _, _, rows in messages) == 2000
 
 
 def test_batches_are_one_sensor_each_in_order_and_bounded():

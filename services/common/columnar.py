@@ -35,6 +35,9 @@ from headbits.common.avro import FINGERPRINT_HEADER, SCHEMA_HEADER, DecodeError,
 
 FORMATS = ("v1", "v2")
 ARROW_STREAM_START = b"\xff\xff\xff\xff"
+MAX_MESSAGE_BYTES = 900_000
+"""Largest `.v2` value written: librdkafka refuses a message above its `message.max.bytes`
+(1,000,000 by default, key and headers included) and brokers a batch above 1 MiB by default."""
 """An Arrow IPC stream begins with the continuation marker; no Avro value of ours can (magic
 byte 0 with a registry; without one a record starts with a string length, never 0xff x4 ...
 unless it is garbage, which the schema header then tells apart)."""
@@ -336,4 +339,20 @@ def encode_batches(table: pa.Table, sensors: pa.Array | pa.ChunkedArray, max_row
     rows a message (the message key is the sensor, so its traffic stays in one partition)."""
     for sensor, rows in split_by_key(sensors, max_rows):
         part = table if len(rows) == table.num_rows else table.take(pa.array(rows))
-        yield sensor, encode_table(part), len(rows)
+        for value, start, stop in encode_within(part):
+            yield sensor, value, stop - start
+
+
+def encode_within(table: pa.Table, max_bytes: int = MAX_MESSAGE_BYTES
+                  ) -> Iterator[tuple[bytes, int, int]]:
+    """(value, first row, end row) of consecutive slices of `table` that cover it in order, each
+    encoded within `max_bytes`: a slice over the bound is halved until it fits, so wide rows
+    (long heads) never make a message Kafka refuses. A single row is encoded whatever its size."""
+    value = encode_table(table)
+    if len(value) <= max_bytes or table.num_rows <= 1:
+        yield value, 0, table.num_rows
+        return
+    half = table.num_rows // 2
+    yield from encode_within(table.slice(0, half), max_bytes)
+    for value, start, stop in encode_within(table.slice(half), max_bytes):
+        yield value, half + start, half + stop

@@ -26,7 +26,7 @@ from headbits.common.avro import DecodeError, open_registry
 from headbits.common.columnar import (
     RowDecoder,
     batch_schema,
-    encode_batches,
+    encode_within,
     records_table,
     split_by_key,
 )
@@ -110,9 +110,8 @@ def convert(settings: ConvertSettings) -> dict[str, int]:
 def _batches(table: pa.Table, stamps: np.ndarray, max_rows: int):
     """(sensor, value, oldest row's timestamp) of each output message."""
     for sensor, rows in split_by_key(table.column("sensor"), max_rows):
-        part = table.take(pa.array(rows))
-        ((_, value, _),) = encode_batches(part, part.column("sensor"), max_rows)
-        yield sensor, value, int(stamps[rows].min())
+        for value, start, stop in encode_within(table.take(pa.array(rows))):
+            yield sensor, value, int(stamps[rows[start:stop]].min())
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
