@@ -8,7 +8,8 @@
 ##! analyzer is disabled once both heads are complete, or a bounded number of chunks after one
 ##! head is complete, so the cost of a connection does not grow with its length. UDP uses
 ##! udp_contents, which Zeek raises for every datagram (there is no per-connection switch):
-##! once a connection's heads are published the handler returns after one table lookup.
+##! once a connection's heads are published the handler returns after reading one field of the
+##! connection record.
 ##! The payload is base64-encoded because Broker's JSON writer does not escape raw bytes.
 
 @load base/frameworks/cluster
@@ -118,18 +119,24 @@ type State: record {
 	tcp: bool;
 	## Chunks delivered since the first head was complete.
 	chunks_after_full: count &default=0;
-	## The connection, to publish its heads when a capture file ends (Pcap::file_done).
-	id: conn_id;
+	## Published, or never collected (ineligible, or a tunnel's outer flow): later deliveries
+	## are ignored.
+	done: bool &default=F;
 };
 
-## Connections collecting heads: two strings of at most head_bytes each. An entry moves to
-## `finished` when its heads are published; both are freed in connection_state_remove.
-global states: table[string] of State;
+# The state lives on the connection record, so the hot path reads one field instead of
+# hashing the uid into a table on every delivery, and Zeek frees it with the connection.
+redef record connection += {
+	headbits: State &optional;
+};
 
-## Connections published or not collected (ineligible, or a tunnel's outer flow): their later
-## deliveries are ignored after one lookup. Only UDP needs it for long (a TCP connection's
-## analyzer is turned off), since udp_contents has no per-connection switch.
-global finished: set[string];
+## Every connection with a state (it is on the connection) that is not done: a capture file's
+## end publishes them (Pcap::file_done), as Zeek has no way to list its connections.
+global collecting: table[string] of conn_id;
+
+## The state of every connection that is done: one shared record, so that publishing leaves
+## nothing of the heads behind for the rest of the connection's life (a long UDP flow's).
+global done_state = State($orig=Direction(), $resp=Direction(), $tcp=F, $done=T);
 
 function in_subnets(a: addr, subnets: set[subnet]): bool
 	{
@@ -159,43 +166,46 @@ function eligible(c: connection): bool
 	return T;
 	}
 
-## A connection seen for the first time (in neither table): eligibility (and the sample draw)
-## is decided once and for all. Returns T when its heads are collected (its state is then in
-## `states`).
-function start_collecting(c: connection, tcp: bool): bool
+## A connection seen for the first time (no state yet): eligibility (and the sample draw) is
+## decided once and for all. Returns the connection's state (done_state if it is not collected).
+function start_collecting(c: connection, tcp: bool): State
 	{
 	if ( skip_tunnels && c?$tunnel && |c$tunnel| > 0 )
 		{
 		local outer = c$tunnel[|c$tunnel| - 1];
-		if ( outer?$uid )
+		if ( outer?$uid && connection_exists(outer$cid) )
 			{
-			delete states[outer$uid];
-			add finished[outer$uid];
+			# Dropped unpublished, whatever it collected so far.
+			lookup_connection(outer$cid)$headbits = done_state;
+			delete collecting[outer$uid];
 			}
 		}
 	# The size checks spare the call to eligible() in the default configuration.
 	if ( ( |include_ports| > 0 || |exclude_ports| > 0 || |include_subnets| > 0
 	       || |exclude_subnets| > 0 || sample_rate < 1.0 ) && ! eligible(c) )
 		{
-		add finished[c$uid];
-		return F;
+		c$headbits = done_state;
+		return done_state;
 		}
-	states[c$uid] = State($orig=Direction(), $resp=Direction(), $tcp=tcp, $id=c$id);
-	return T;
+	local s = State($orig=Direction(), $resp=Direction(), $tcp=tcp);
+	c$headbits = s;
+	collecting[c$uid] = c$id;
+	return s;
 	}
 
 function publish_heads(c: connection, s: State)
 	{
-	delete states[c$uid];
-	add finished[c$uid];
+	c$headbits = done_state;
+	delete collecting[c$uid];
 	if ( hook publish_policy(c, s$orig$head, s$resp$head, s$orig$gap, s$resp$gap) )
 		Cluster::publish(topic, payload_head, c$uid, c$id, s$tcp ? tcp : udp, c$service,
 		    encode_base64(s$orig$head), encode_base64(s$resp$head), s$orig$seen,
 		    s$resp$seen, s$orig$gap, s$resp$gap, time_to_double(c$start_time));
 	}
 
-## Append a chunk to one direction; returns T once the heads are published (no more chunks
-## wanted). The hot path of the package: written with as few calls and lookups as it can.
+## Append a chunk to one direction of a connection that is collecting; returns T once the
+## heads are published (no more chunks wanted). The hot path of the package: written with as
+## few calls and lookups as it can.
 function add_chunk(c: connection, s: State, is_orig: bool, data: string): bool
 	{
 	local d = is_orig ? s$orig : s$resp;
@@ -226,24 +236,17 @@ function add_chunk(c: connection, s: State, is_orig: bool, data: string): bool
 
 event stream_deliver(c: connection, is_orig: bool, data: string)
 	{
-	local uid = c$uid;
-	if ( uid in states )
-		{
-		if ( add_chunk(c, states[uid], is_orig, data) )
-			disable_analyzer(c$id, current_analyzer(), F);
-		}
-	else if ( uid in finished || ! start_collecting(c, T)
-	          || add_chunk(c, states[uid], is_orig, data) )
+	local s = c?$headbits ? c$headbits : start_collecting(c, T);
+	if ( s$done || add_chunk(c, s, is_orig, data) )
 		disable_analyzer(c$id, current_analyzer(), F);
 	}
 
 ## A hole in one direction: its head ends here (flagged) unless it was already complete.
 event stream_undelivered(c: connection, is_orig: bool, seq: count, len: count)
 	{
-	local uid = c$uid;
-	if ( uid !in states && ( uid in finished || ! start_collecting(c, T) ) )
+	local s = c?$headbits ? c$headbits : start_collecting(c, T);
+	if ( s$done )
 		return;
-	local s = states[uid];
 	local d = is_orig ? s$orig : s$resp;
 	if ( ! d$full )
 		{
@@ -262,11 +265,10 @@ redef udp_content_deliver_all_resp = T;
 
 event udp_contents(u: connection, is_orig: bool, contents: string)
 	{
-	# Finished first: for the rest of a long flow's life this is the only lookup.
-	if ( u$uid in finished )
-		return;
-	if ( u$uid in states || start_collecting(u, F) )
-		add_chunk(u, states[u$uid], is_orig, contents);
+	local s = u?$headbits ? u$headbits : start_collecting(u, F);
+	# For the rest of a long flow's life, the field read and this test are all it costs.
+	if ( ! s$done )
+		add_chunk(u, s, is_orig, contents);
 	}
 
 ## FTP data channels are expected connections: Zeek builds their analyzer tree from the
@@ -294,16 +296,15 @@ event ftp_request(c: connection, command: string, arg: string) &priority=-10
 
 event connection_state_remove(c: connection)
 	{
-	local uid = c$uid;
-	if ( uid in states )
-		{
-		local s = states[uid];
-		if ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap )
-			publish_heads(c, s);
-		else
-			delete states[uid];
-		}
-	delete finished[uid];
+	if ( ! c?$headbits )
+		return;
+	local s = c$headbits;
+	if ( s$done )
+		return;
+	if ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap )
+		publish_heads(c, s);
+	else
+		delete collecting[c$uid];
 	}
 
 ## At the end of a capture file, publish the heads of every connection still collecting. Zeek
@@ -312,15 +313,18 @@ event connection_state_remove(c: connection)
 ## listener open Zeek keeps running after the file until it is told to stop.
 event Pcap::file_done(path: string) &priority=10
 	{
-	local pending: vector of State;
-	for ( _, s in states )
+	local pending: vector of connection;
+	for ( _, id in collecting )
 		{
-		if ( connection_exists(s$id)
-		     && ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap ) )
-			pending += s;
+		if ( ! connection_exists(id) )
+			next;
+		local conn = lookup_connection(id);
+		local s = conn$headbits;
+		if ( s$orig$seen > 0 || s$resp$seen > 0 || s$orig$gap || s$resp$gap )
+			pending += conn;
 		}
-	for ( _, s in pending )
-		publish_heads(lookup_connection(s$id), s);
+	for ( _, c in pending )
+		publish_heads(c, c$headbits);
 	}
 
 event HeadBits::alert(uid: string, orig_h: addr, orig_p: port, resp_h: addr, resp_p: port,
