@@ -37,3 +37,28 @@ def test_midstream_flows_are_left_out_of_the_figures_and_counted_apart():
         assert pairs[protocol]["alert_auroc"] == 1.0
         # With the 20 mid-stream tls flows counted, every one of them outranks the others.
         assert pairs[protocol]["auroc_all_flows"] == 20 / 40
+
+
+def test_parser_labelled_figures_leave_out_flows_only_tshark_named():
+    """A STARTTLS connection that tshark names `tls` opens with SMTP bytes: the autoencoder
+    rightly scores it high, which costs the all-labels AUROC and not the parser-labelled one."""
+    data = LabelledHeads()
+    errors = []
+    for row in range(40):
+        label = ("tls", "smtp")[row % 2]
+        data.add(head(row, gap=False), label, "ndpi", f"file{row % 8}.pcap")
+        errors.append(0.1 if label == "tls" else 1.0)
+    for row in range(40, 50):  # tshark's `tls`, scored above every smtp flow
+        data.add(head(row, gap=False), "tls", "tshark", f"starttls{row % 5}.pcap")
+        errors.append(2.0)
+    errors = np.array(errors, dtype=np.float32)
+    labels = data.label_array()
+    scores = HeldOutScores(data, errors, labels, labels, np.zeros(len(data)),
+                           alert_margin=errors.astype(np.float64))
+    smtp = {pair["protocol"]: pair for pair in pair_table(scores, "tls", 20, 0)}["smtp"]
+    # 20 smtp flows outrank the 20 ndpi tls flows and none of the 10 tshark ones.
+    assert smtp["auroc"] == 20 * 20 / (20 * 30)
+    assert smtp["rows_parser_labels"] == 20
+    assert smtp["auroc_parser_labels"] == 1.0
+    assert smtp["auroc_parser_labels_low"] == smtp["auroc_parser_labels_high"] == 1.0
+    assert smtp["auroc_low"] < 1.0

@@ -214,6 +214,12 @@ def _best_match(
     return None
 
 
+TSHARK_SOURCE = "tshark"
+"""The label source of a corpus flow no parser (Zeek, nDPI, Arkime) covered: tshark's highest
+dissected layer, chosen largely by well-known port, so it is wrong on non-standard ports and names
+a STARTTLS or sslh connection by a later layer, not by its opening bytes."""
+
+
 @dataclass
 class DatasetLabels:
     """LABELS.tsv of the shared corpus, indexed by (file, transport, orig, resp)."""
@@ -223,7 +229,8 @@ class DatasetLabels:
     def label_for(self, file_rel: str, head: PayloadHead) -> tuple[str, str] | None:
         """(canonical label, label source) of the head's flow, either orientation, or None.
 
-        The source is the oracle (zeek, ndpi, arkime) when one covers the flow, else "tshark".
+        The source is the oracle (zeek, ndpi, arkime) when one covers the flow, else
+        `TSHARK_SOURCE`.
         """
         forward = (file_rel, head.transport, head.orig_h, head.orig_p, head.resp_h, head.resp_p)
         reverse = (file_rel, head.transport, head.resp_h, head.resp_p, head.orig_h, head.orig_p)
@@ -245,5 +252,5 @@ def read_dataset_labels(labels_tsv: Path) -> DatasetLabels:
                 row["file"], row["l4"], row["orig_h"], int(row["orig_p"]),
                 row["resp_h"], int(row["resp_p"]),
             )
-            labels.flows.setdefault(key, (row["label"], row["oracle_kind"] or "tshark"))
+            labels.flows.setdefault(key, (row["label"], row["oracle_kind"] or TSHARK_SOURCE))
     return labels

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from headbits.collector.labels import TSHARK_SOURCE
 from headbits.common.protocols import UNKNOWN
 from headbits.common.settings import add_settings_arguments, setting, settings_from_args
 from headbits.featurizer.bits import ones_fraction
@@ -177,12 +178,16 @@ def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int
 
     The figures are taken on gap-free flows (heads that start at the stream start of both
     directions): a mid-stream head is scored but never alerts by default, and its bytes are no
-    protocol's opening. The `*_all_flows` figures repeat them on every labelled flow.
+    protocol's opening. The `*_all_flows` figures repeat them on every labelled flow, the
+    `*_parser_labels` ones on the gap-free flows whose label a parser confirmed (not tshark's
+    port-led dissection, which names a STARTTLS connection by its later TLS layer while its
+    opening bytes are SMTP, and an SSH flow behind sslh on 443 as TLS).
     """
     labels = scores.data.label_array()
     gap_free = np.array([not head.midstream for head in scores.data.heads], dtype=bool)
     groups = np.array(scores.data.groups, dtype=object)
     sources = np.array(scores.data.label_sources, dtype=object)
+    parser_labelled = gap_free & (sources != TSHARK_SOURCE)
     is_baseline = labels == baseline
     others = [(protocol, labels == protocol) for protocol, count in
               Counter(labels[~is_baseline]).most_common() if count >= MIN_PAIR_ROWS]
@@ -198,6 +203,10 @@ def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int
             chosen = values[members][picked]
             return accuracy.auroc(chosen[~positive[picked]], chosen[positive[picked]])
 
+        def interval(picked: np.ndarray, members=members, f=model_auroc) -> tuple[float, float]:
+            return accuracy.bootstrap_interval(
+                groups[members][picked], lambda drawn: f(picked[drawn]), repetitions, seed)
+
         def ones_auroc(picked: np.ndarray, members=members, positive=positive) -> float:
             chosen = scores.ones[members][picked]
             return accuracy.either_way_auroc(accuracy.auroc(chosen[~positive[picked]],
@@ -205,9 +214,9 @@ def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int
 
         everything = np.arange(len(members))
         complete = np.flatnonzero(gap_free[members])
-        low, high = accuracy.bootstrap_interval(
-            groups[members][complete], lambda picked, complete=complete, f=model_auroc: f(
-                complete[picked]), repetitions, seed)
+        confirmed = np.flatnonzero(parser_labelled[members])
+        low, high = interval(complete)
+        confirmed_low, confirmed_high = interval(confirmed)
         rows.append({
             "protocol": protocol,
             "rows": int(positive[complete].sum()),
@@ -221,6 +230,10 @@ def pair_table(scores: HeldOutScores, baseline: str, repetitions: int, seed: int
             "auroc_all_flows": model_auroc(everything),
             "alert_auroc_all_flows": model_auroc(everything, values=scores.alert_margin),
             "ones_fraction_auroc_all_flows": ones_auroc(everything),
+            "rows_parser_labels": int(positive[confirmed].sum()),
+            "auroc_parser_labels": model_auroc(confirmed),
+            "auroc_parser_labels_low": confirmed_low,
+            "auroc_parser_labels_high": confirmed_high,
             "label_sources": dict(Counter(sources[is_protocol]).most_common()),
         })
     return rows
