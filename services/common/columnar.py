@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -230,6 +231,30 @@ def _prefix_masks(width: int) -> np.ndarray:
     return ((positions[None, :] < np.arange(width + 1)[:, None]) * 0xFF).astype(np.uint8)
 
 
+_EIGHT_BYTE_MASKS = _prefix_masks(8).view(np.uint64)[:, 0].copy()
+
+
+def _first_eight_bytes(data: pa.Buffer, starts: np.ndarray, kept: np.ndarray,
+                       out: np.ndarray) -> None:
+    """`out[k]` (uint64) = the 8 bytes of `data` from `starts[k]`, the bytes from `kept[k]` on 0.
+
+    Two aligned word gathers and a funnel shift per value: gathering unaligned 8-byte windows
+    (a strided view) takes numpy's generic path and measured twice as slow at 4096 rows. The
+    upper word is shifted in two steps so that an aligned start (shift 64) gives 0, not itself.
+    """
+    words = np.zeros((data.size + 23) // 8, np.uint64)
+    words.view(np.uint8)[:data.size] = np.frombuffer(data, np.uint8)
+    word = starts >> 3
+    shift = ((starts & 7) << 3).astype(np.uint64)
+    low = np.take(words, word)
+    high = np.take(words, word + 1)
+    low >>= shift
+    high <<= np.uint64(1)
+    high <<= np.uint64(63) - shift
+    low |= high
+    np.bitwise_and(low, np.take(_EIGHT_BYTE_MASKS, kept), out=out)
+
+
 def fixed_width(column: pa.Array | pa.ChunkedArray, width: int, out: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [rows, width] each value cut or NUL-padded to `width`, int64 lengths) of a binary
@@ -251,22 +276,15 @@ def fixed_width(column: pa.Array | pa.ChunkedArray, width: int, out: np.ndarray 
     if not count or data is None or data.size == 0:
         out[...] = 0
         return out, lengths
-    padded = np.concatenate([np.frombuffer(data, np.uint8), np.zeros(width, np.uint8)])
     kept = np.minimum(lengths, width)
-    if width == 8:  # one unaligned 8-byte load and one AND per head (measured: faster than
-        # the row gather at 8 bytes, slower already at 16)
-        windows = np.ndarray((len(padded) - 7,), np.uint64, padded, strides=(1,))
-        lane_masks = _prefix_masks(width).view(np.uint64)[kept]
-        lanes = out.view(np.uint64)
-        starts = offsets[:-1].astype(np.intp)
-        for lane in range(width // 8):
-            np.bitwise_and(np.take(windows, starts + 8 * lane), lane_masks[:, lane],
-                           out=lanes[:, lane])
+    if width == 8 and sys.byteorder == "little":  # the funnel shift reads words little-endian
+        _first_eight_bytes(data, offsets[:-1], kept, out.view(np.uint64)[:, 0])
         return out, lengths
+    padded = np.concatenate([np.frombuffer(data, np.uint8), np.zeros(width, np.uint8)])
     windows = np.lib.stride_tricks.as_strided(
         padded, shape=(len(padded) - width + 1, width), strides=(1, 1), writeable=False)
     heads = windows[offsets[:-1]]
-    masks = _prefix_masks(width)[kept]
+    masks = np.take(_prefix_masks(width), kept, axis=0)  # 10x faster than [kept] here
     if width % 8 == 0:
         np.bitwise_and(heads.view(np.uint64), masks.view(np.uint64), out=out.view(np.uint64))
     else:
