@@ -26,11 +26,13 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -270,18 +272,34 @@ class Pipeline:
         return rss
 
 
-def timed_service(verb: str, env: dict, settings: KafkaSettings, output: str, count: int,
-                  *args: str) -> tuple[float, float, float]:
-    """(rows/s, CPU microseconds per row, peak RSS MB) of one service draining a preloaded
-    input of `count` rows; timing runs from the process start to the last output's timestamp,
-    CPU from the first output on (start-up excluded)."""
+def timed_service(verb: str, env: dict, settings: KafkaSettings, input_topic: str, output: str,
+                  load: Callable[[list[PayloadHead]], None], heads: list[PayloadHead],
+                  *args: str) -> tuple[float, float, float, int]:
+    """(rows/s, CPU microseconds per row, peak RSS MB, rows drained) of one service draining a
+    backlog of `heads` that `load` writes to its input.
+
+    The service starts and warms up on a few rows (model loaded, group joined), is stopped
+    (SIGSTOP) while the backlog is written, and continued: time runs from the continue to the
+    last output's timestamp and CPU from the continue on, so neither start-up nor the wait for
+    the backlog counts. The rows drained are those the input holds, not those produced (a
+    shortfall is reported by the caller, never waited for)."""
     process = start_service(verb, env, *args)
-    first_ms, _ = read_rows(settings, output, 1, timeout=300)
-    cpu_first = cpu_seconds(process)
-    latest_ms, _ = read_rows(settings, output, count)
-    cpu = cpu_seconds(process) - cpu_first
-    elapsed = max(1e-3, (latest_ms - first_ms) / 1000)
-    return count / elapsed, cpu / count * 1e6, stop(process)
+    load(synthetic_heads(20 * SENSORS, seed=7, per_sensor=20))
+    warm = rows_in(settings, input_topic)
+    read_rows(settings, output, warm, timeout=300)
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        load(heads)
+        total = rows_in(settings, input_topic)
+        cpu_before = cpu_seconds(process)
+        continued_ms = time.time() * 1000
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    latest_ms, _ = read_rows(settings, output, total)
+    cpu = cpu_seconds(process) - cpu_before
+    count = total - warm
+    elapsed = max(1e-3, (latest_ms - continued_ms) / 1000)
+    return count / elapsed, cpu / count * 1e6, stop(process), count
 
 
 def latency_run(bootstrap: str, model: Path, rate: float, seconds: float, figures: dict
@@ -329,15 +347,18 @@ def main() -> None:
         scorer_args = ("--model-dir", str(model), "--write-scores", "true")
         for verb, extra in (("featurizer", ()), ("scorer", scorer_args)):
             settings, env = topics(bootstrap)
-            count = len(heads)
             if verb == "featurizer":
-                produce_heads(settings, heads)
-                count = check_delivered(settings, count, figures)
-                output = settings.features_topic
+                load, input_topic, output = (lambda part, settings=settings: produce_heads(
+                    settings, part)), settings.heads_topic, settings.features_topic
             else:
-                preload_features(settings, heads)
-                output = settings.scores_topic
-            rate, cpu_us, rss = timed_service(verb, env, settings, output, count, *extra)
+                load, input_topic, output = (lambda part, settings=settings: preload_features(
+                    settings, part)), settings.features_topic, settings.scores_topic
+            rate, cpu_us, rss, drained = timed_service(verb, env, settings, input_topic, output,
+                                                       load, heads, *extra)
+            if drained != len(heads):
+                figures[f"{verb}_input_missing_after_produce"] = len(heads) - drained
+                print(f"WARNING: {len(heads) - drained} of {len(heads)} acknowledged rows are "
+                      f"not in {input_topic}")
             figures[f"{verb}_rows_per_s"] = round(rate)
             figures[f"{verb}_cpu_us_per_row"] = round(cpu_us, 2)
             figures[f"{verb}_overload_peak_rss_mb"] = round(rss, 1)
