@@ -14,6 +14,14 @@ def head(row: int, gap: bool) -> PayloadHead:
                        b"\x16\x03", b"", 2, 0, gap, False)
 
 
+def held_out(data: LabelledHeads, errors: list[float]) -> HeldOutScores:
+    """Held-out scores whose every prediction is right and whose alert margin is the error."""
+    errors = np.array(errors, dtype=np.float32)
+    labels = data.label_array()
+    return HeldOutScores(data, errors, labels, labels, np.zeros(len(data)),
+                         alert_margin=errors.astype(np.float64))
+
+
 def test_midstream_flows_are_left_out_of_the_figures_and_counted_apart():
     data = LabelledHeads()
     errors = []
@@ -24,10 +32,7 @@ def test_midstream_flows_are_left_out_of_the_figures_and_counted_apart():
     for row in range(40, 60):  # mid-stream tls flows score as high as anything else
         data.add(head(row, gap=True), "tls", "zeek", f"mid{row % 4}.pcap")
         errors.append(2.0)
-    errors = np.array(errors, dtype=np.float32)
-    labels = data.label_array()
-    scores = HeldOutScores(data, errors, labels, labels, np.zeros(len(data)),
-                           alert_margin=errors.astype(np.float64))
+    scores = held_out(data, errors)
     pairs = {pair["protocol"]: pair for pair in pair_table(scores, "tls", 20, 0)}
     assert set(pairs) == {"http", "dns", ALL_OTHERS}
     for protocol, rows in (("http", 10), ("dns", 10), (ALL_OTHERS, 20)):
@@ -51,10 +56,7 @@ def test_parser_labelled_figures_leave_out_flows_only_tshark_named():
     for row in range(40, 50):  # tshark's `tls`, scored above every smtp flow
         data.add(head(row, gap=False), "tls", "tshark", f"starttls{row % 5}.pcap")
         errors.append(2.0)
-    errors = np.array(errors, dtype=np.float32)
-    labels = data.label_array()
-    scores = HeldOutScores(data, errors, labels, labels, np.zeros(len(data)),
-                           alert_margin=errors.astype(np.float64))
+    scores = held_out(data, errors)
     smtp = {pair["protocol"]: pair for pair in pair_table(scores, "tls", 20, 0)}["smtp"]
     # 20 smtp flows outrank the 20 ndpi tls flows and none of the 10 tshark ones.
     assert smtp["auroc"] == 20 * 20 / (20 * 30)
