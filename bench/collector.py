@@ -16,8 +16,8 @@ import asyncio
 import json
 import multiprocessing
 import os
-import resource
 import time
+from pathlib import Path
 
 from headbits.collector.sources.base import Rejected
 from headbits.collector.zeek_event import DEFAULT_TOPIC, encode_event
@@ -173,7 +173,10 @@ def stall_rss(count: int, results, buffer_kbytes: int | None = None, fmt: str = 
     finally:
         source.close()
         process.terminate()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: a spawned child's ru_maxrss starts at its parent's RSS when it
+    # forked (Linux keeps the largest across exec), here the earlier runs' hundreds of MB.
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
     print(f"stall: sensor offered {count} heads; {accepted} accepted in 20 s while Kafka was "
           f"absent; peak RSS {peak:.0f} MB")
     label = f"stall_buffer_{buffer_kbytes}kb" if buffer_kbytes else "stall"
