@@ -4,8 +4,9 @@ Starts the development broker (or uses --bootstrap-servers), trains a tiny model
 each service as its own `headbits <service>` process (peak RSS is its VmHWM, CPU its utime +
 stime, librdkafka's and TensorFlow's threads included):
   - the collector's Kafka side (batch encode + produce heads), .v2 and .v1;
-  - the featurizer alone and the scorer alone draining a preloaded topic (an overload far past
-    10x: the input is all there at once; their RSS shows the bounded queues);
+  - the featurizer alone and the scorer alone draining a backlog written while the service is
+    stopped (an overload far past 10x: the input is all there at once; their RSS shows the
+    bounded queues);
   - the whole featurizer -> scorer pipeline at full speed in the .v2 format and, in the same run,
     the .v1 format (`--topic-format v1`: one Avro record per message), with CPU microseconds per
     connection over every headbits process (the collector-side produce in this process, the

@@ -87,10 +87,12 @@ def fold_scores(args: argparse.Namespace) -> list[dict[str, np.ndarray]]:
 
 
 def empirical_tail(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """(#{calibration >= s} + 1) / (m + 1)."""
-    ordered = np.sort(calibration)
-    at_least = len(ordered) - np.searchsorted(ordered, scores, side="left")
-    return (at_least + 1) / (len(ordered) + 1)
+    """(#{calibration >= s} + 1) / (m + 1): the served split-conformal lookup, one segment."""
+    from headbits.trainer.calibrate import tail_calibration
+
+    one_class = np.zeros(len(calibration), np.int32)
+    lookup = tail_calibration(calibration, one_class, 1, min_rows=len(calibration) + 1)
+    return lookup.tail_probability(scores, np.zeros(len(scores), np.int32)).astype(np.float64)
 
 
 def peaks_over_threshold(calibration: np.ndarray, scores: np.ndarray, kind: str,
