@@ -194,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
         raise
     runtime.stop.install()
     runtime.ensure_topics([settings.heads_topic, settings.deadletter_topic])
+    runtime.log.info("started", extra=fields(
+        source=settings.source, output=settings.heads_topic, metrics_port=runtime.metrics_port,
+        bootstrap_servers=settings.bootstrap_servers, topic_format=settings.topic_format,
+    ))
     failed = True
     try:
         collect(runtime, source)

@@ -315,8 +315,7 @@ def inject(pipeline: FaultPipeline, kind: str, rng: np.random.Generator) -> tupl
     if action == "sigkill":
         pipeline.services[target].stop(signal.SIGKILL)
         pipeline.restart(target)
-        if target in STREAMING:  # the collector logs no "started" line; it starts in a second
-            pipeline.services[target].wait_started(180)
+        pipeline.services[target].wait_started(180)
     elif action == "sigstop":
         os.kill(pipeline.pid(target), signal.SIGSTOP)
         pipeline.wait(float(rng.uniform(3, 12)))
