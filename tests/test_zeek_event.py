@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import orjson
 import pytest
@@ -13,10 +14,12 @@ from headbits.collector.zeek_event import (
     ARGUMENTS,
     EventError,
     decode_event,
+    decode_event_checked,
     encode_data_message,
     encode_event,
 )
 from headbits.common.records import MAX_HEAD_BYTES, PayloadHead
+from headbits.devtools.fuzzing import mutated_data_message
 
 HEAD = PayloadHead(
     uid="CHhAvVGS1DHFjwGM9", ts=1700000000.123456, sensor="sensor-a", orig_h="10.0.0.1",
@@ -136,3 +139,27 @@ heads = st.builds(
 @given(heads)
 def test_any_valid_head_round_trips_exactly(head: PayloadHead) -> None:
     assert decode_event(orjson.loads(encode_data_message(head)), "s") == head
+
+
+def _verdict(decode, event: object) -> PayloadHead | str:
+    try:
+        return decode(event, "s")
+    except EventError as error:
+        return f"rejected: {error}"
+
+
+@given(mutated_data_message())
+def test_the_fast_reading_and_the_checked_one_agree(message: bytes) -> None:
+    """decode_event's one-pass reading of the common shape hands everything else to the
+    checked reading: on events with values replaced anywhere, both give the same head or both
+    refuse it (with the checked reading's reason)."""
+    event = orjson.loads(message)
+    assert _verdict(decode_event, event) == _verdict(decode_event_checked, event)
+
+
+def test_a_unicode_digit_port_is_refused_not_raised() -> None:
+    event = encode_event(HEAD)
+    args_of(event)[1]["data"][1] = {"@data-type": "port", "data": "\u00b2/tcp"}
+    for decode in (decode_event, decode_event_checked):
+        with pytest.raises(EventError, match=re.escape("is not '<0..65535>/<proto>'")):
+            decode(event, "x")

@@ -209,7 +209,7 @@ def _heads() -> st.SearchStrategy[PayloadHead]:
 
 
 @st.composite
-def _mutated_message(draw: st.DrawFn) -> bytes:
+def mutated_data_message(draw: st.DrawFn) -> bytes:
     """A valid data message with one value anywhere in it replaced by random JSON."""
     message = orjson.loads(encode_data_message(draw(_heads())))
     slots: list[tuple[Any, Any]] = []
@@ -562,7 +562,7 @@ def decoders(corpus: Path | None = None) -> list[Decoder]:
         ), _read_capture_bytes),
         Decoder("reassembly", _segments, _reassemble),
         Decoder("zeek_websocket_json", lambda: st.one_of(
-            st.binary(max_size=200), _json.map(orjson.dumps), _mutated_message(),
+            st.binary(max_size=200), _json.map(orjson.dumps), mutated_data_message(),
             _heads().map(encode_data_message),
         ), _websocket_message, dead_letters=True),
         Decoder("settings_file", _settings_documents, _settings_file),
