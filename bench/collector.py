@@ -19,7 +19,6 @@ import os
 import time
 from pathlib import Path
 
-from headbits.collector.sources.base import Rejected
 from headbits.collector.zeek_event import DEFAULT_TOPIC, encode_event
 from headbits.common.records import PayloadHead
 
@@ -77,16 +76,17 @@ def start_sensor(target, count: int) -> tuple[multiprocessing.Process, int]:
     return process, ready.get(timeout=600)
 
 
-def produce(producer, codec, heads: list) -> None:
-    """One read batch to Kafka as the collector writes it (`codec` None: `.v2` batches)."""
+def produce(producer, codec, heads) -> None:
+    """One read batch (a payload_head table) to Kafka as the collector writes it (`codec` None:
+    `.v2` batches)."""
     if codec is not None:
-        values = codec.encode_many(head.to_dict() for head in heads)
-        producer.produce_many(TOPIC, values, [head.uid for head in heads], codec.headers)
+        records = heads.to_pylist()
+        producer.produce_many(TOPIC, codec.encode_many(records), [r["uid"] for r in records],
+                              codec.headers)
         return
-    from headbits.common.columnar import batch_schema, encode_batches, objects_table
+    from headbits.common.columnar import batch_schema, encode_batches
 
-    table = objects_table("payload_head", heads)
-    for sensor, value, _ in encode_batches(table, table.column("sensor"), len(heads)):
+    for sensor, value, _ in encode_batches(heads, heads.column("sensor"), heads.num_rows):
         producer.produce(TOPIC, value, sensor, batch_schema("payload_head").headers)
     producer.poll(0)
 
@@ -100,15 +100,12 @@ def pump(source, producer, codec, count: int, timeout: float) -> tuple[int, floa
     started = None
     deadline = time.monotonic() + timeout
     while produced < count and time.monotonic() < deadline:
-        items = source.read(5000, 0.2)
-        if items and started is None:
+        heads = source.read_batch(5000, 0.2).heads
+        if heads.num_rows and started is None:
             started = time.perf_counter()
-        heads = [item for item in items if not isinstance(item, Rejected)]
-        if producer is None:
-            produced += len(heads)
-        elif heads:
+        if producer is not None and heads.num_rows:
             produce(producer, codec, heads)
-            produced += len(heads)
+        produced += heads.num_rows
     if producer is not None:
         producer.flush(120)
     return produced, time.perf_counter() - (started or time.perf_counter())
@@ -164,10 +161,10 @@ def stall_rss(count: int, results, buffer_kbytes: int | None = None, fmt: str = 
     deadline = time.monotonic() + 20
     try:
         while time.monotonic() < deadline:
-            heads = [i for i in source.read(5000, 0.2) if not isinstance(i, Rejected)]
-            if heads:
+            heads = source.read_batch(5000, 0.2).heads
+            if heads.num_rows:
                 produce(producer, codec, heads)
-            accepted += len(heads)
+            accepted += heads.num_rows
     except ProducerStalledError:
         pass  # the buffer stayed full to the end: the bound held
     finally:

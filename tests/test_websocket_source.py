@@ -190,7 +190,7 @@ def test_an_unexpected_error_in_the_reader_is_logged_and_reconnects(serve, caplo
     source must reconnect and go on delivering."""
     from headbits.collector.sources import websocket
 
-    real_decode = websocket.decode_event
+    real_decode = websocket.read_data_message
     calls = {"count": 0}
 
     def decode_with_one_bug(message, sensor):
@@ -199,7 +199,7 @@ def test_an_unexpected_error_in_the_reader_is_logged_and_reconnects(serve, caplo
             raise RuntimeError("injected decoder bug")
         return real_decode(message, sensor)
 
-    monkeypatch.setattr(websocket, "decode_event", decode_with_one_bug)
+    monkeypatch.setattr(websocket, "read_data_message", decode_with_one_bug)
     # More than socket buffers hold, so the server still has heads to send after the reconnect
     # (it sends through one cursor shared by its connections).
     heads = make_heads(20_000)
@@ -223,7 +223,7 @@ def test_read_ends_the_source_once_the_reader_thread_is_gone(serve, monkeypatch)
     def exits(message, sensor):
         raise SystemExit("injected")
 
-    monkeypatch.setattr(websocket, "decode_event", exits)
+    monkeypatch.setattr(websocket, "read_data_message", exits)
     source = WebSocketSource(serve(data_messages(make_heads(10), TOPIC)).url, "zeek-1")
     try:
         with pytest.raises(EndOfSource):

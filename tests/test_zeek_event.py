@@ -15,8 +15,10 @@ from headbits.collector.zeek_event import (
     EventError,
     decode_event,
     decode_event_checked,
+    decode_event_row,
     encode_data_message,
     encode_event,
+    read_data_message,
 )
 from headbits.common.records import MAX_HEAD_BYTES, PayloadHead
 from headbits.devtools.fuzzing import mutated_data_message
@@ -163,3 +165,67 @@ def test_a_unicode_digit_port_is_refused_not_raised() -> None:
     for decode in (decode_event, decode_event_checked):
         with pytest.raises(EventError, match=re.escape("is not '<0..65535>/<proto>'")):
             decode(event, "x")
+
+
+def _json_reading(message: bytes) -> tuple | str:
+    """What the WebSocket source makes of a text it does not read by the expression."""
+    try:
+        parsed = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return "not JSON"
+    if not isinstance(parsed, dict) or parsed.get("type") != "data-message":
+        return "not a data message"
+    try:
+        return decode_event_row(parsed, "s")
+    except EventError as error:
+        return f"rejected: {error}"
+
+
+plain_text = st.text("CAZaz09-_.:", min_size=1, max_size=20)
+plain_heads = st.builds(
+    PayloadHead, uid=plain_text, ts=st.floats(0, 4e9, allow_nan=False), sensor=st.just("s"),
+    orig_h=st.ip_addresses().map(str), orig_p=st.integers(0, 65535),
+    resp_h=st.ip_addresses().map(str), resp_p=st.integers(0, 65535),
+    transport=st.sampled_from(("tcp", "udp")),
+    services=st.lists(plain_text, unique=True, max_size=3).map(lambda s: tuple(sorted(s))),
+    orig_head=st.binary(max_size=MAX_HEAD_BYTES), resp_head=st.binary(max_size=MAX_HEAD_BYTES),
+    orig_bytes_seen=st.integers(MAX_HEAD_BYTES, 2**63), resp_bytes_seen=st.integers(64, 10**6),
+    orig_gap=st.booleans(), resp_gap=st.booleans(),
+)
+
+
+@given(plain_heads)
+def test_the_text_reading_reads_the_form_zeek_writes(head: PayloadHead) -> None:
+    assert read_data_message(encode_data_message(head), "s") == head.row()
+
+
+@given(heads)
+def test_the_text_reading_of_any_head_is_the_json_readings_or_none(head: PayloadHead) -> None:
+    """Quotes, backslashes, control characters, any Unicode: escaped strings are left to JSON."""
+    message = encode_data_message(head)
+    row = read_data_message(message, "s")
+    assert row is None or row == _json_reading(message) == head.row()
+
+
+@st.composite
+def byte_edited_messages(draw: st.DrawFn) -> bytes:
+    """A valid message with a few bytes replaced, deleted, inserted or a stretch repeated."""
+    message = bytearray(encode_data_message(draw(plain_heads)))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(message) - 1))
+        edit = draw(st.sampled_from(("replace", "delete", "insert", "repeat")))
+        if edit == "replace":
+            message[at] = draw(st.sampled_from(b'0123456789"\\,{}[]:.-eE+/= \x00\xff'))
+        elif edit == "delete":
+            del message[at]
+        elif edit == "insert":
+            message.insert(at, draw(st.integers(0, 255)))
+        else:
+            message[at:at] = message[at:at + draw(st.integers(1, 40))]
+    return bytes(message)
+
+
+@given(st.one_of(byte_edited_messages(), mutated_data_message()))
+def test_what_the_text_reading_accepts_the_json_reading_accepts_the_same(message: bytes) -> None:
+    row = read_data_message(message, "s")
+    assert row is None or row == _json_reading(message)

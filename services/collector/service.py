@@ -22,12 +22,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from headbits.collector.sources.base import EndOfSource, Rejected, Source
+from headbits.collector.sources.base import EndOfSource, Source
 from headbits.collector.zeek_event import DEFAULT_TOPIC
-from headbits.common.columnar import objects_table
 from headbits.common.kafka import DeliveryFailedError, HeadsTopic
 from headbits.common.logs import fields
-from headbits.common.records import InvalidRecord, PayloadHead
 from headbits.common.service import DeadLetter, Runtime, ServiceSettings, TableOutput
 from headbits.common.settings import (
     SettingsError,
@@ -113,21 +111,6 @@ def _broker_source(settings: CollectorSettings, registry: CollectorRegistry | No
                         tls=tls, registry=registry)
 
 
-def split_items(items: list) -> tuple[list[PayloadHead], list[DeadLetter]]:
-    """Valid heads, and dead letters for rejected events and contract-breaking heads."""
-    heads, letters = [], []
-    for item in items:
-        if isinstance(item, Rejected):
-            letters.append(DeadLetter(item.reason, item.raw, origin=item.origin))
-            continue
-        try:
-            heads.append(item.validate())
-        except InvalidRecord as error:
-            letters.append(DeadLetter(f"invalid PayloadHead: {error}", repr(item).encode(),
-                                      origin=item.uid))
-    return heads, letters
-
-
 def collect(runtime: Runtime, source: Source) -> int:
     """Move heads from `source` to Kafka until it ends or SIGTERM; returns heads acknowledged.
 
@@ -142,21 +125,22 @@ def collect(runtime: Runtime, source: Source) -> int:
     while not runtime.stop.stopping:
         runtime.health.beat()
         try:
-            items = source.read(settings.batch_size, settings.batch_timeout_ms / 1000)
+            batch = source.read_batch(settings.batch_size, settings.batch_timeout_ms / 1000)
         except EndOfSource:
             break
-        heads, letters = split_items(items)
-        if heads:
-            table = objects_table("payload_head", heads)
-            runtime.produce_table(TableOutput(topic, table, table.column("sensor")),
+        heads = batch.heads
+        if heads.num_rows:
+            runtime.produce_table(TableOutput(topic, heads, heads.column("sensor")),
                                   "payload_head")
-        runtime.dead_letter(letters)
+        runtime.dead_letter([DeadLetter(item.reason, item.raw, origin=item.origin)
+                             for item in batch.rejected])
         acknowledged += _count_acknowledged(runtime, runtime.producer.settle())
-        runtime.metrics.consumed.inc(len(items))
+        items = heads.num_rows + len(batch.rejected)
+        runtime.metrics.consumed.inc(items)
         if items:
-            runtime.metrics.batch_size.observe(len(items))
-        produced += len(heads)
-        rejected += len(letters)
+            runtime.metrics.batch_size.observe(items)
+        produced += heads.num_rows
+        rejected += len(batch.rejected)
         now = time.monotonic()
         if now - last_report >= PROGRESS_SECONDS:
             last_report = now

@@ -29,12 +29,19 @@ renders `time` values in the sensor's local time zone at millisecond resolution.
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from headbits.common.records import MAX_HEAD_BYTES, InvalidRecord, PayloadHead
+from headbits.common.records import (
+    MAX_HEAD_BYTES,
+    TRANSPORTS,
+    HeadRow,
+    InvalidRecord,
+    PayloadHead,
+)
 
 EVENT_NAME = "HeadBits::payload_head"
 DEFAULT_TOPIC = "headbits/heads"
@@ -161,7 +168,12 @@ def decode_arguments(args: Sequence[Any], sensor: str) -> PayloadHead:
 
 
 def decode_event(event: Any, sensor: str) -> PayloadHead:
-    """PayloadHead from a typed event vector (a data message's own `@data-type`/`data` pair).
+    """PayloadHead from a typed event vector (a data message's own `@data-type`/`data` pair)."""
+    return PayloadHead(*decode_event_row(event, sensor))
+
+
+def decode_event_row(event: Any, sensor: str) -> HeadRow:
+    """`decode_event`'s head as a HeadRow, for sources that hand on columns.
 
     Every event the Zeek package publishes has one shape, which `_read_common` reads in one
     pass, a third of the checked reading's cost on the collector's hottest path. Whatever that
@@ -170,10 +182,10 @@ def decode_event(event: Any, sensor: str) -> PayloadHead:
     first thing wrong (tests/test_zeek_event.py holds the two to the same verdicts).
     """
     try:
-        head = _read_common(event, sensor)
-    except (LookupError, TypeError, ValueError, AttributeError):  # EventError, InvalidRecord too
-        head = None
-    return head if head is not None else decode_event_checked(event, sensor)
+        row = _read_common(event, sensor)
+    except (LookupError, TypeError, ValueError, AttributeError):  # EventError too
+        row = None
+    return row if row is not None else decode_event_checked(event, sensor).row()
 
 
 _COMMON_ARGUMENT_TYPES = tuple(kind for _, kind in ARGUMENTS)
@@ -181,9 +193,10 @@ _COMMON_PYTHON_TYPES = (str, list, str, list, str, str, int, int, bool, bool, fl
 _ID_TYPES = ("address", "port", "address", "port")
 
 
-def _read_common(event: Any, sensor: str) -> PayloadHead | None:
+def _read_common(event: Any, sensor: str) -> HeadRow | None:
     """The head of an event of the one common shape, or None (or an exception) for any other:
-    exact JSON types only (no bool for a count, no int for a real), exactly three event items."""
+    exact JSON types only (no bool for a count, no int for a real), exactly three event items,
+    and PayloadHead.validate's conditions checked here, on the values."""
     header, kind, body = event["data"]
     if (event["@data-type"], header["@data-type"], kind["@data-type"], body["@data-type"]) != (
             "vector", "count", "count", "vector") or type(header["data"]) is not int or (
@@ -201,29 +214,92 @@ def _read_common(event: Any, sensor: str) -> PayloadHead | None:
     values = [arg["data"] for arg in args]
     if tuple(map(type, values)) != _COMMON_PYTHON_TYPES:
         return None
-    uid, conn_id, transport, services, orig_head, resp_head, orig_seen, resp_seen, orig_gap, \
+    uid, conn_id, transport, services, orig_text, resp_text, orig_seen, resp_seen, orig_gap, \
         resp_gap, ts = values
     orig, orig_port, resp, resp_port = conn_id[:4]
     orig_h, resp_h = orig["data"], resp["data"]
     if (orig["@data-type"], orig_port["@data-type"], resp["@data-type"],
             resp_port["@data-type"]) != _ID_TYPES or type(orig_h) is not str or type(
-            resp_h) is not str or orig_seen < 0 or resp_seen < 0:
+            resp_h) is not str or not uid or transport not in TRANSPORTS:
         return None
     orig_p, orig_proto = _port_text(orig_port["data"], "id.orig_p")
     resp_p, resp_proto = _port_text(resp_port["data"], "id.resp_p")
-    if not orig_proto == resp_proto == transport or any(
+    orig_head = _base64_head(orig_text, "argument orig_head")
+    resp_head = _base64_head(resp_text, "argument resp_head")
+    if not orig_proto == resp_proto == transport or not (
+            len(orig_head) <= min(orig_seen, MAX_HEAD_BYTES)
+            and len(resp_head) <= min(resp_seen, MAX_HEAD_BYTES)) or any(
             service["@data-type"] != "string" or type(service["data"]) is not str
             for service in services):
         return None
-    return PayloadHead(
-        uid=uid, ts=ts, sensor=sensor, orig_h=orig_h, orig_p=orig_p, resp_h=resp_h,
-        resp_p=resp_p, transport=transport,
-        services=tuple(sorted([service["data"] for service in services])),
-        orig_head=_base64_head(orig_head, "argument orig_head"),
-        resp_head=_base64_head(resp_head, "argument resp_head"),
-        orig_bytes_seen=orig_seen, resp_bytes_seen=resp_seen, orig_gap=orig_gap,
-        resp_gap=resp_gap,
-    ).validate()
+    return (uid, ts, sensor, orig_h, orig_p, resp_h, resp_p, transport,
+            tuple(sorted([service["data"] for service in services])), orig_head, resp_head,
+            orig_seen, resp_seen, orig_gap, resp_gap)
+
+
+def _typed_text(kind: str, data: bytes) -> bytes:
+    return rb'\{"@data-type":"' + kind.encode() + rb'","data":' + data + rb"\}"
+
+
+# A JSON string with no escape and no control character: its bytes are its UTF-8 text.
+_PLAIN_STRING = rb'"([^"\\\x00-\x1f]*)"'
+_PORT = rb'"(\d{1,5})/(tcp|udp)"'
+_COUNT = rb"(0|[1-9]\d{0,18})"  # at most 19 digits: within 64 bits, an int to orjson too
+_BASE64 = rb'"([A-Za-z0-9+/=]*)"'
+_SERVICE = rb'\{"@data-type":"string","data":"[^"\\\x00-\x1f]*"\}'
+_COMMON_TEXT = re.compile(b"".join([
+    rb'\{"type":"data-message","topic":"[ !#-\[\]-~]*","@data-type":"vector","data":\[',  # ASCII
+    _typed_text("count", rb"1"), b",", _typed_text("count", rb"1"), b",",
+    rb'\{"@data-type":"vector","data":\[', _typed_text("string", rb'"HeadBits::payload_head"'),
+    rb',\{"@data-type":"vector","data":\[',
+    _typed_text("string", _PLAIN_STRING), b",",
+    rb'\{"@data-type":"vector","data":\[',
+    _typed_text("address", _PLAIN_STRING), b",", _typed_text("port", _PORT), b",",
+    _typed_text("address", _PLAIN_STRING), b",", _typed_text("port", _PORT),
+    rb"(?:,", _typed_text("count", rb"(?:0|[1-9]\d{0,18})"), rb")?",  # Zeek 7.1+: id.proto
+    rb'(?:,\{"@data-type":"vector","data":\[\]\})?',  # Zeek 8: id.ctx, empty
+    rb"\]\},",
+    _typed_text("enum-value", rb'"(tcp|udp)"'), b",",
+    rb'\{"@data-type":"set","data":\[((?:', _SERVICE, rb"(?:,", _SERVICE, rb")*)?)\]\},",
+    _typed_text("string", _BASE64), b",", _typed_text("string", _BASE64), b",",
+    _typed_text("count", _COUNT), b",", _typed_text("count", _COUNT), b",",
+    _typed_text("boolean", rb"(true|false)"), b",", _typed_text("boolean", rb"(true|false)"), b",",
+    _typed_text("real", rb"(-?(?:0|[1-9]\d{0,19})\.\d{1,20})"),  # finite, as orjson reads it
+    rb'\]\}(?:,\{"@data-type":"vector","data":\[\]\})?\]\}\]\}',
+]))
+_SERVICE_TEXT = re.compile(rb'"data":"([^"\\\x00-\x1f]*)"')
+
+
+def read_data_message(message: bytes, sensor: str) -> HeadRow | None:
+    """The head of a `data-message` text in the exact form Zeek's WebSocket API writes for the
+    package's event (compact, keys in Broker's order, plain strings), read by one regular
+    expression without building the JSON tree; None for any other text, which the caller
+    parses as JSON (`decode_event_row`). Whatever it reads, the JSON reading reads the same
+    (tests/test_zeek_event.py compares them on valid and mutated messages); tests/
+    test_zeek_cluster.py checks that a real Zeek's messages take this path.
+    """
+    match = _COMMON_TEXT.fullmatch(message)
+    if match is None:
+        return None
+    (uid, orig_h, orig_p, orig_proto, resp_h, resp_p, resp_proto, transport, services,
+     orig_text, resp_text, orig_seen, resp_seen, orig_gap, resp_gap, ts) = match.groups()
+    try:
+        orig_head = binascii.a2b_base64(orig_text, strict_mode=True)
+        resp_head = binascii.a2b_base64(resp_text, strict_mode=True)
+        row = (uid.decode(), float(ts), sensor, orig_h.decode(), int(orig_p), resp_h.decode(),
+               int(resp_p), transport.decode(),
+               tuple(sorted([name.decode() for name in _SERVICE_TEXT.findall(services)])),
+               orig_head, resp_head, int(orig_seen), int(resp_seen), orig_gap == b"true",
+               resp_gap == b"true")
+    except ValueError:  # binascii.Error, UnicodeDecodeError
+        return None
+    if not uid or not orig_proto == resp_proto == transport or row[4] > 65535 or (
+            row[6] > 65535) or len(orig_text) > _MAX_BASE64_CHARS or (
+            len(resp_text) > _MAX_BASE64_CHARS) or not (
+            len(orig_head) <= min(row[11], MAX_HEAD_BYTES)
+            and len(resp_head) <= min(row[12], MAX_HEAD_BYTES)):
+        return None
+    return row
 
 
 def decode_event_checked(event: Any, sensor: str) -> PayloadHead:

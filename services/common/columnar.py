@@ -319,6 +319,16 @@ def objects_table(avro_name: str, objects: Sequence[object]) -> pa.Table:
          for field in schema.arrow], schema=schema.arrow)
 
 
+def rows_table(avro_name: str, rows: Sequence[tuple]) -> pa.Table:
+    """The table of rows that hold the schema's fields in order (a HeadRow for payload_head):
+    the rows transposed into columns, with no object per row."""
+    schema = batch_schema(avro_name).arrow
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
+    return pa.Table.from_arrays(
+        [pa.array(column, field.type) for column, field in zip(columns, schema, strict=True)],
+        schema=schema)
+
+
 class RowDecoder:
     """Records (dicts) of a topic's messages in either format: for readers that want rows (the
     trainer's window, jobs that look back over a topic, the tools), not the services' hot path.

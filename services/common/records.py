@@ -20,6 +20,13 @@ class InvalidRecord(ValueError):
     """A record that breaks the contract; the message says which field and why."""
 
 
+HeadRow = tuple[str, float, str, str, int, str, int, str, tuple[str, ...], bytes, bytes, int, int,
+                bool, bool]
+"""A valid PayloadHead's field values in field order, which is the `payload_head` batch schema's
+column order: what a source that decodes straight into columns hands on instead of the object
+(a tuple costs a tenth of a frozen dataclass to build). `PayloadHead(*row)` is the object."""
+
+
 @dataclass(frozen=True, slots=True)
 class PayloadHead:
     """One connection's first payload bytes per direction.
@@ -45,6 +52,12 @@ class PayloadHead:
     resp_bytes_seen: int
     orig_gap: bool
     resp_gap: bool
+
+    def row(self) -> HeadRow:
+        """The field values in field order (see HeadRow)."""
+        return (self.uid, self.ts, self.sensor, self.orig_h, self.orig_p, self.resp_h,
+                self.resp_p, self.transport, self.services, self.orig_head, self.resp_head,
+                self.orig_bytes_seen, self.resp_bytes_seen, self.orig_gap, self.resp_gap)
 
     @property
     def midstream(self) -> bool:

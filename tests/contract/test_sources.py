@@ -24,6 +24,7 @@ from headbits.collector.sources.replay import ReplaySource
 from headbits.collector.sources.websocket import WebSocketSource
 from headbits.collector.zeek_event import DEFAULT_TOPIC
 from headbits.common.avro import write_heads_file
+from headbits.common.columnar import batch_schema
 from headbits.common.records import PayloadHead
 from headbits.devtools.zeek_replay import WebSocketReplayServer, data_messages
 from tests.source_helpers import RunningServer, capture, make_heads
@@ -104,13 +105,26 @@ def made(request, tmp_path: Path, cleanup: list) -> Made:
     return FACTORIES[request.param](tmp_path, cleanup)
 
 
-def read_all(made: Made, max_items: int, timeout: float = 30.0) -> list[SourceItem]:
+def batch_items(source: Source, max_items: int, timeout: float) -> list[SourceItem]:
+    """`read_batch` as a `read`: its rows as PayloadHeads, then its rejected events."""
+    batch = source.read_batch(max_items, timeout)
+    assert batch.heads.schema == batch_schema("payload_head").arrow
+    return [PayloadHead.from_dict(row) for row in batch.heads.to_pylist()] + batch.rejected
+
+
+def plain_items(source: Source, max_items: int, timeout: float) -> list[SourceItem]:
+    return source.read(max_items, timeout)
+
+
+def read_all(made: Made, max_items: int, timeout: float = 30.0,
+             read: Callable[[Source, int, float], list[SourceItem]] = plain_items
+             ) -> list[SourceItem]:
     """Read until the expected items arrived (live) or EndOfSource (finite)."""
     items: list[SourceItem] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            batch = made.source.read(max_items, 0.5)
+            batch = read(made.source, max_items, 0.5)
         except EndOfSource:
             assert made.finite, "a live source never ends by itself"
             return items
@@ -125,6 +139,14 @@ def test_max_items_bounds_every_read_and_everything_arrives(made: Made) -> None:
     items = read_all(made, max_items=3)
     assert len(items) == made.expected
     assert all(isinstance(item, PayloadHead) for item in items)
+    assert len({item.uid for item in items}) == made.expected
+
+
+def test_read_batch_gives_the_same_heads_in_columns_within_the_same_bound(made: Made) -> None:
+    """What the collector calls: `read`'s heads as one table of the heads topic's schema."""
+    items = read_all(made, max_items=3, read=batch_items)
+    assert len(items) == made.expected
+    assert all(isinstance(item, PayloadHead) and item.validate() for item in items)
     assert len({item.uid for item in items}) == made.expected
 
 

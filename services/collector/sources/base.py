@@ -3,7 +3,7 @@
 Implementations, one file each beside this one: `replay.py` (pcap/pcapng captures),
 `headsfile.py` (Avro heads files), `websocket.py` (Zeek's WebSocket API, JSON v1) and `broker.py`
 (Broker's native Python bindings).
-The collector loop above only ever calls `read` and `close`.
+The collector loop above only ever calls `read_batch` and `close`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from headbits.common.records import PayloadHead
+import pyarrow as pa
+
+from headbits.common.columnar import rows_table
+from headbits.common.records import InvalidRecord, PayloadHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,15 @@ class Rejected:
 
 
 SourceItem = PayloadHead | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One `read_batch`: the valid heads as a table of the `payload_head` batch schema (the
+    heads topic's `.v2` columns), and every event or head that was rejected, with why."""
+
+    heads: pa.Table
+    rejected: list[Rejected]
 
 
 class EndOfSource(Exception):
@@ -49,3 +61,20 @@ class Source(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def read_batch(self, max_items: int, timeout: float) -> Batch:
+        """`read` as the collector takes it, the heads already in columns (same bound, same
+        waiting, same EndOfSource). This default validates `read`'s PayloadHeads (one that breaks
+        the contract is rejected, with the reason) and transposes them; a source that decodes
+        events straight into rows overrides it and never builds the objects."""
+        rows, rejected = [], []
+        for item in self.read(max_items, timeout):
+            if isinstance(item, Rejected):
+                rejected.append(item)
+                continue
+            try:
+                rows.append(item.validate().row())
+            except InvalidRecord as error:
+                rejected.append(Rejected(repr(item).encode(), f"invalid PayloadHead: {error}",
+                                         item.uid))
+        return Batch(rows_table("payload_head", rows), rejected)
