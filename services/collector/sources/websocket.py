@@ -241,22 +241,26 @@ class WebSocketSource(Source):
 
     def _deliver(self, messages: list[tuple[bool, bytes]]) -> None:
         items: list[HeadRow | Rejected] = []
-        for is_text, message in messages:
-            self.counts["messages"] += 1
-            item = self._decode(message) if is_text else self._reject(
+        sensor = self.sensor
+        first = self.counts["messages"] + 1
+        for number, (is_text, message) in enumerate(messages, first):
+            # The form Zeek writes is read without parsing the JSON; anything else is parsed.
+            item = read_data_message(message, sensor) if is_text else self._reject(
                 message, "binary frame: JSON v1 carries text frames only",
-                f"websocket {self.url} message {self.counts['messages']}")
+                f"websocket {self.url} message {number}")
+            if item is None:
+                item = self._decode(message, number)
             if item is not None:
                 items.append(item)
+        self.counts["messages"] = first - 1 + len(messages)
+        self.counts["heads"] += sum(type(item) is tuple for item in items)
         if items and not self._handoff.put(items):
             self.counts["lost_on_close"] += len(items)
 
-    def _decode(self, message: bytes) -> HeadRow | Rejected | None:
-        row = read_data_message(message, self.sensor)
-        if row is not None:  # the form Zeek writes, read without parsing the JSON
-            self.counts["heads"] += 1
-            return row
-        origin = f"websocket {self.url} message {self.counts['messages']}"
+    def _decode(self, message: bytes, number: int) -> HeadRow | Rejected | None:
+        """A text message parsed as JSON: a head, a Rejected saying why, or None (an error
+        message of the server's, logged and counted)."""
+        origin = f"websocket {self.url} message {number}"
         try:
             parsed = orjson.loads(message)
         except orjson.JSONDecodeError as error:
@@ -266,11 +270,9 @@ class WebSocketSource(Source):
         kind = parsed.get("type")
         if kind == "data-message":
             try:
-                row = decode_event_row(parsed, self.sensor)
+                return decode_event_row(parsed, self.sensor)
             except EventError as error:
                 return self._reject(message, str(error), origin)
-            self.counts["heads"] += 1
-            return row
         if kind == "error":
             self.counts["server_errors"] += 1
             LOG.error("WebSocket %s: server error %s: %s", self.url, parsed.get("code"),
