@@ -3,7 +3,9 @@
 Both collector sources (WebSocket and native Broker) and the replay publisher go through this
 module, so the wire format is written down exactly once. Values are handled in Broker's JSON v1
 form, `{"@data-type": T, "data": V}`: the WebSocket source gets them straight from `orjson`, the
-native Broker source converts Broker's values into the same shape (`sources/broker.py`).
+native Broker source converts Broker's values into the same shape (`sources/broker.py`). The
+WebSocket source first tries `read_data_message` on the message's text, which reads the form Zeek
+writes without building the JSON tree.
 
 An event is the vector `[count 1 (format), count 1 (type: event), [string name, vector args,
 vector metadata (optional)]]`. The arguments, in order (zeek/README.md documents the same list):
@@ -29,6 +31,7 @@ renders `time` values in the sensor's local time zone at millisecond resolution.
 from __future__ import annotations
 
 import binascii
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -246,6 +249,10 @@ _PLAIN_STRING = rb'"([^"\\\x00-\x1f]*)"'
 _PORT = rb'"(\d{1,5})/(tcp|udp)"'
 _COUNT = rb"(0|[1-9]\d{0,18})"  # at most 19 digits: within 64 bits, an int to orjson too
 _BASE64 = rb'"([A-Za-z0-9+/=]*)"'
+# A JSON number with a fraction or an exponent (orjson reads it as a float, never an int);
+# read_data_message refuses the infinite ones, which orjson refuses.
+_EXPONENT = rb"[eE][+-]?\d{1,3}"
+_REAL = rb"(-?(?:0|[1-9]\d{0,19})(?:\.\d{1,20}(?:" + _EXPONENT + rb")?|" + _EXPONENT + rb"))"
 _SERVICE = rb'\{"@data-type":"string","data":"[^"\\\x00-\x1f]*"\}'
 _COMMON_TEXT = re.compile(b"".join([
     rb'\{"type":"data-message","topic":"[ !#-\[\]-~]*","@data-type":"vector","data":\[',  # ASCII
@@ -264,7 +271,7 @@ _COMMON_TEXT = re.compile(b"".join([
     _typed_text("string", _BASE64), b",", _typed_text("string", _BASE64), b",",
     _typed_text("count", _COUNT), b",", _typed_text("count", _COUNT), b",",
     _typed_text("boolean", rb"(true|false)"), b",", _typed_text("boolean", rb"(true|false)"), b",",
-    _typed_text("real", rb"(-?(?:0|[1-9]\d{0,19})\.\d{1,20})"),  # finite, as orjson reads it
+    _typed_text("real", _REAL),
     rb'\]\}(?:,\{"@data-type":"vector","data":\[\]\})?\]\}\]\}',
 ]))
 _SERVICE_TEXT = re.compile(rb'"data":"([^"\\\x00-\x1f]*)"')
@@ -293,8 +300,8 @@ def read_data_message(message: bytes, sensor: str) -> HeadRow | None:
                resp_gap == b"true")
     except ValueError:  # binascii.Error, UnicodeDecodeError
         return None
-    if not uid or not orig_proto == resp_proto == transport or row[4] > 65535 or (
-            row[6] > 65535) or len(orig_text) > _MAX_BASE64_CHARS or (
+    if not uid or not math.isfinite(row[1]) or not orig_proto == resp_proto == transport or (
+            row[4] > 65535 or row[6] > 65535) or len(orig_text) > _MAX_BASE64_CHARS or (
             len(resp_text) > _MAX_BASE64_CHARS) or not (
             len(orig_head) <= min(row[11], MAX_HEAD_BYTES)
             and len(resp_head) <= min(row[12], MAX_HEAD_BYTES)):

@@ -36,7 +36,12 @@ from headbits.collector.reassembly import (
     ConnectionTable,
     Segment,
 )
-from headbits.collector.zeek_event import EventError, decode_event, encode_data_message
+from headbits.collector.zeek_event import (
+    EventError,
+    decode_event,
+    encode_data_message,
+    read_data_message,
+)
 from headbits.common.avro import DecodeError, ValueCodec, load_schema
 from headbits.common.records import PayloadHead
 
@@ -229,7 +234,12 @@ def mutated_data_message(draw: st.DrawFn) -> bytes:
 
 
 def _websocket_message(message: bytes) -> str:
-    """What the WebSocket source does with one text frame (see `WebSocketSource._decode`)."""
+    """What the WebSocket source does with one text frame (see `WebSocketSource._deliver`):
+    the expression's reading first, then JSON."""
+    row = read_data_message(message, "fuzz")
+    if row is not None:
+        PayloadHead(*row).validate()
+        return ACCEPTED
     try:
         parsed = orjson.loads(message)
     except orjson.JSONDecodeError:

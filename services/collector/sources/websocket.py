@@ -137,8 +137,7 @@ class WebSocketSource(Source):
     def read_batch(self, max_items: int, timeout: float) -> Batch:
         items = self._take(max_items, timeout)
         rows = [item for item in items if not isinstance(item, Rejected)]
-        rejected = [item for item in items if isinstance(item, Rejected)] if len(rows) < len(
-            items) else []
+        rejected = [item for item in items if isinstance(item, Rejected)]
         return Batch(rows_table("payload_head", rows), rejected)
 
     def _take(self, max_items: int, timeout: float) -> list[HeadRow | Rejected]:
